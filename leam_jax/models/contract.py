@@ -1,0 +1,84 @@
+"""The pure model contract every face-recognition model follows.
+
+``apply(params, images, perturbations=None) -> (embeddings [B, D],
+activations {tap: [B, H, W, C]})``: a pure function of a params pytree, so
+it runs under plain ``jax.jit`` / ``jax.vmap`` / ``jax.vjp``.
+``perturbations`` has the structure of ``activations`` (any subset of taps)
+and is added at each tap, so one ``jax.vjp`` with respect to zero
+perturbations yields the gradient with respect to every layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from leam_jax import checkpoint
+
+ApplyFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class FaceModel:
+    """A model ready for the core: pure ``apply`` plus its params and facts.
+
+    Attributes:
+      name: registry name.
+      apply: ``apply(params, images [B, S, S, 3] RGB 0..255, perturbations=None)``.
+      params: the params pytree ``apply`` takes (an ``nnx.State``).
+      taps: ordered tap names, input side first.
+      input_size: S, the side of the square RGB input.
+      embedding_dim: D.
+    """
+
+    name: str
+    apply: ApplyFn
+    params: Any
+    taps: tuple[str, ...]
+    input_size: int
+    embedding_dim: int
+
+    def embed(self, images: jax.Array) -> jax.Array:
+        return self.apply(self.params, images)[0]
+
+
+def pure(module: nnx.Module) -> tuple[ApplyFn, nnx.State]:
+    """Split an NNX module once into ``(apply, params)``."""
+    graphdef, params = nnx.split(module, nnx.Param)
+
+    def apply(params, images, perturbations=None):
+        return nnx.merge(graphdef, params)(images, perturbations)
+
+    return apply, params
+
+
+def abstract_flat(ctor: Callable[[], nnx.Module]) -> dict[str, jax.ShapeDtypeStruct]:
+    """Flat shapes/dtypes of a module's params, without allocating them."""
+    abstract = nnx.eval_shape(ctor)
+    return checkpoint.flatten(nnx.state(abstract, nnx.Param).to_pure_dict())
+
+
+def from_flat(ctor: Callable[[], nnx.Module], flat: Mapping[str, np.ndarray], source: str) -> tuple[ApplyFn, nnx.State]:
+    """Build ``(apply, params)`` with weights merged strictly into the target."""
+    merged = checkpoint.strict_merge(abstract_flat(ctor), flat, source)
+    module = ctor()
+    apply, params = pure(module)
+    pure_dict = params.to_pure_dict()
+    nested = checkpoint.unflatten(merged)
+
+    def fill(target, src):
+        for k in list(target.keys()):
+            sk = str(k)
+            if isinstance(target[k], Mapping):
+                fill(target[k], src[sk])
+            else:
+                target[k] = jax.numpy.asarray(src[sk])
+
+    fill(pure_dict, nested)
+    nnx.replace_by_pure_dict(params, pure_dict)
+    return apply, params
