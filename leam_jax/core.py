@@ -1,0 +1,450 @@
+"""LEAM core: all-layer relevance maps from one forward and one backward pass.
+
+Pure JAX (``jax``, ``jax.numpy`` and the standard library only), so it
+composes into any JAX code. A model is any ``apply_fn(params, images,
+perturbations=None) -> (embeddings [B, D], activations {tap: [B, H, W, C]})``
+where ``perturbations`` (any subset of taps) is added at each tap. Flax NNX,
+Flax Linen (``Module.perturb``) and Haiku models all fit (see
+``leam_jax.adapters``).
+
+Definitions follow LEAM_SPEC.md section 1:
+
+* target score ``s`` per image (``identity``, ``self``, ``pair``, ``contrast``);
+* ``G_l = ds/dA_l`` for every tap at once: one ``jax.vjp`` with respect to
+  zero perturbations at all taps;
+* layer map ``M_l`` by ``gradcam`` (default), ``layercam`` or ``gradxact``,
+  resized bilinearly to the model input, normalised to sum to 1; an all-zero
+  map stays zero and is flagged (never NaN);
+* overall map = (weighted) mean of the normalised layer maps, renormalised.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+TARGETS = ("identity", "self", "pair", "contrast")
+WEIGHTINGS = ("gradcam", "layercam", "gradxact")
+_EPS = 1e-12
+
+# ---------------------------------------------------------------------------
+# Target scores: [B, D] embeddings (and references) -> [B] scores.
+
+
+def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
+    """x / |x| along ``axis``; a zero vector stays zero (no NaN, finite gradient)."""
+    sq = jnp.sum(x * x, axis=axis, keepdims=True)
+    safe = jnp.where(sq > 0, sq, 1.0)
+    return jnp.where(sq > 0, x * jax.lax.rsqrt(safe), 0.0)
+
+
+def identity_score(emb: jax.Array, reference: jax.Array) -> jax.Array:
+    """``<ê, r̂>``: cosine to the person's reference (a constant). [B, D], [B, D] -> [B]."""
+    return jnp.sum(l2_normalize(emb) * jax.lax.stop_gradient(l2_normalize(reference)), axis=-1)
+
+
+def self_score(emb: jax.Array) -> jax.Array:
+    """``<e, sg(ê)>``: the embedding's length along its own direction. [B, D] -> [B]."""
+    return jnp.sum(emb * jax.lax.stop_gradient(l2_normalize(emb)), axis=-1)
+
+
+def pair_score(emb: jax.Array, other: jax.Array) -> jax.Array:
+    """``<ê, sg(ê')>`` for a second image's embedding ``other``. [B, D], [B, D] -> [B]."""
+    return identity_score(emb, other)
+
+
+def contrast_score(emb: jax.Array, reference: jax.Array, negative: jax.Array) -> jax.Array:
+    """``<ê, r̂_p> - <ê, r̂_q>``: what separates person p from person q. -> [B]."""
+    return identity_score(emb, reference) - identity_score(emb, negative)
+
+
+def loo_references(
+    emb: jax.Array, person_ids: jax.Array, *, num_people: int, valid: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """Leave-one-out identity references with segment sums (no loop over people).
+
+    Args:
+      emb: [N, D] embeddings.
+      person_ids: [N] int ids in ``[0, num_people)``.
+      num_people: static number of segments.
+      valid: optional [N] bool; invalid rows neither contribute nor get a reference.
+
+    Returns:
+      (references [N, D] unit vectors: the mean of ``ê`` over the person's
+      *other* valid images, renormalised; has_reference [N] bool, False where
+      the person has no other valid image, whose reference row is zero).
+    """
+    if emb.ndim != 2 or person_ids.shape != emb.shape[:1]:
+        raise ValueError(f"need emb [N, D] and person_ids [N], got {emb.shape} and {person_ids.shape}")
+    valid = jnp.ones(emb.shape[:1], bool) if valid is None else valid.astype(bool)
+    e_hat = l2_normalize(emb) * valid[:, None]
+    sums = jax.ops.segment_sum(e_hat, person_ids, num_segments=num_people)
+    counts = jax.ops.segment_sum(valid.astype(jnp.int32), person_ids, num_segments=num_people)
+    others = sums[person_ids] - e_hat
+    has_ref = valid & (counts[person_ids] >= 2)
+    return jnp.where(has_ref[:, None], l2_normalize(others), 0.0), has_ref
+
+
+# ---------------------------------------------------------------------------
+# Maps.
+
+
+def layer_map(grad: jax.Array, act: jax.Array, weighting: str = "gradcam") -> jax.Array:
+    """One layer's map from its gradient and activation. [B, H, W, C] x2 -> [B, H, W]."""
+    if grad.shape != act.shape or grad.ndim != 4:
+        raise ValueError(f"grad and act must both be [B, H, W, C], got {grad.shape} and {act.shape}")
+    if weighting == "gradcam":
+        w = jnp.mean(grad, axis=(1, 2), keepdims=True)
+        return jax.nn.relu(jnp.sum(w * act, axis=-1))
+    if weighting == "layercam":
+        return jnp.sum(jax.nn.relu(grad) * act, axis=-1)
+    if weighting == "gradxact":
+        return jnp.abs(jnp.sum(grad * act, axis=-1))
+    raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+
+
+def resize_maps(maps: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """Bilinear resize (half-pixel centres) of [B, H, W] maps to [B, *size], clipped at 0."""
+    out = jax.image.resize(maps, (maps.shape[0], *size), method="bilinear")
+    # A layercam map over a signed activation can be negative; a distribution cannot.
+    return jnp.maximum(out, 0.0)
+
+
+def normalize_maps(maps: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Each [..., H, W] map divided by its sum; all-zero (or non-finite) maps -> zeros, flagged.
+
+    Returns (normalised maps, flags [...] True where the map was degenerate).
+    """
+    total = jnp.sum(maps, axis=(-2, -1), keepdims=True)
+    bad = ~(total > _EPS) | ~jnp.isfinite(total)
+    safe = jnp.where(bad, 1.0, total)
+    return jnp.where(bad, 0.0, maps / safe), bad[..., 0, 0]
+
+
+def overall_map(per_layer: jax.Array, layer_weights: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Weighted mean over layers of normalised maps, renormalised. [B, L, H, W] -> ([B, H, W], [B])."""
+    n = per_layer.shape[1]
+    w = jnp.ones((n,), per_layer.dtype) if layer_weights is None else jnp.asarray(layer_weights, per_layer.dtype)
+    if w.shape != (n,):
+        raise ValueError(f"layer_weights must have shape ({n},), got {w.shape}")
+    mean = jnp.tensordot(per_layer, w, axes=([1], [0])) / jnp.maximum(jnp.sum(w), _EPS)
+    return normalize_maps(mean)
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["per_layer", "overall", "flags", "overall_flags", "scores", "embeddings", "used_self"],
+    meta_fields=["taps"],
+)
+@dataclasses.dataclass(frozen=True)
+class LeamMaps:
+    """Result of :func:`leam_maps` for a batch of B images and L taps.
+
+    Attributes:
+      per_layer: [B, L, S, S] normalised layer maps at the model input size.
+      overall: [B, S, S] normalised overall map.
+      flags: [B, L] True where a layer map was all zero (left zero, not NaN).
+      overall_flags: [B] True where the overall map is all zero.
+      scores: [B] the target score that was explained.
+      embeddings: [B, D] the model's embeddings.
+      used_self: [B] True where ``identity`` fell back to ``self`` (no other image).
+      taps: the L tap names, in the order of ``per_layer``.
+    """
+
+    per_layer: jax.Array
+    overall: jax.Array
+    flags: jax.Array
+    overall_flags: jax.Array
+    scores: jax.Array
+    embeddings: jax.Array
+    used_self: jax.Array
+    taps: tuple[str, ...]
+
+
+def _has_reference(*, target, references, person_ids, num_people, valid):
+    """[B] True where ``identity`` has a reference (else it explains ``self``)."""
+    if references is not None:
+        return jnp.sum(references * references, axis=-1) > 0
+    counts = jax.ops.segment_sum(valid.astype(jnp.int32), person_ids, num_segments=num_people)
+    return valid & (counts[person_ids] >= 2)
+
+
+def _target_scores(emb, *, target, references, negatives, person_ids, num_people, valid):
+    if target == "self":
+        return self_score(emb)
+    if target == "identity":
+        if references is None:
+            if person_ids is None:
+                raise ValueError("target='identity' needs references or person_ids")
+            references, _ = loo_references(jax.lax.stop_gradient(emb), person_ids, num_people=num_people, valid=valid)
+        has_ref = jnp.sum(references * references, axis=-1) > 0
+        # A person with a single image has no reference: explain 'self' instead.
+        return jnp.where(has_ref, identity_score(emb, references), self_score(emb))
+    if references is None:
+        raise ValueError(f"target={target!r} needs references [B, D]")
+    if target == "pair":
+        return pair_score(emb, references)
+    if target == "contrast":
+        if negatives is None:
+            raise ValueError("target='contrast' needs negatives [B, D]")
+        return contrast_score(emb, references, negatives)
+    raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+
+
+def tap_gradients(
+    apply_fn: Callable,
+    params: Any,
+    images: jax.Array,
+    score_fn: Callable[[jax.Array], jax.Array],
+    taps: Sequence[str] | None = None,
+) -> tuple[jax.Array, jax.Array, dict[str, jax.Array], dict[str, jax.Array]]:
+    """Scores and ``ds/dA_l`` for every tap from one forward and one backward pass.
+
+    Args:
+      apply_fn: the model contract.
+      params: its params pytree.
+      images: [B, ...] model inputs.
+      score_fn: [B, D] embeddings -> [B] scores (each row depends on its own image only).
+      taps: tap names (default: every activation ``apply_fn`` returns, in its order).
+
+    Returns:
+      (scores [B], embeddings [B, D], activations {tap: [B, H, W, C]}, gradients {tap: same}).
+    """
+    order: list[str] = []
+
+    def probe(p, x):
+        acts = apply_fn(p, x)[1]
+        order.extend(acts)  # the model's own (forward) order; pytrees would sort the keys
+        return acts
+
+    act_shapes = jax.eval_shape(probe, params, images)
+    taps = tuple(order) if taps is None else tuple(taps)
+    missing = [t for t in taps if t not in act_shapes]
+    if missing:
+        raise ValueError(f"unknown taps {missing}; the model has {list(act_shapes)}")
+    zeros = {t: jnp.zeros(act_shapes[t].shape, act_shapes[t].dtype) for t in taps}
+
+    def forward(perturbations):
+        emb, acts = apply_fn(params, images, perturbations)
+        return score_fn(emb), (emb, {t: acts[t] for t in taps})
+
+    scores, vjp_fn, (emb, acts) = jax.vjp(forward, zeros, has_aux=True)
+    # Rows are independent, so a cotangent of ones gives every image its own gradient.
+    (grads,) = vjp_fn(jnp.ones_like(scores))
+    # Pytree round trips sort dict keys; hand back the taps' order.
+    return scores, emb, {t: acts[t] for t in taps}, {t: grads[t] for t in taps}
+
+
+def _leam_maps(
+    apply_fn, params, images, references, negatives, person_ids, valid, layer_weights,
+    *, target, weighting, taps, output_size, num_people,
+):
+    if images.ndim != 4:
+        raise ValueError(f"images must be [B, H, W, C], got {images.shape}")
+    b = images.shape[0]
+    valid_mask = jnp.ones((b,), bool) if valid is None else valid.astype(bool)
+    for name, arr in (("references", references), ("negatives", negatives)):
+        if arr is not None and (arr.ndim != 2 or arr.shape[0] != b):
+            raise ValueError(f"{name} must be [B={b}, D], got {arr.shape}")
+    if person_ids is not None and person_ids.shape != (b,):
+        raise ValueError(f"person_ids must be [B={b}], got {person_ids.shape}")
+    size = output_size or images.shape[1:3]
+    num_people = num_people or b
+    if target == "identity":
+        if references is None and person_ids is None:
+            raise ValueError("target='identity' needs references or person_ids")
+        used_self = ~_has_reference(target=target, references=references, person_ids=person_ids,
+                                    num_people=num_people, valid=valid_mask)
+    else:
+        used_self = jnp.zeros((b,), bool)
+
+    def score_fn(emb):
+        return _target_scores(emb, target=target, references=references, negatives=negatives,
+                              person_ids=person_ids, num_people=num_people, valid=valid_mask)
+
+    scores, emb, acts, grads = tap_gradients(apply_fn, params, images, score_fn, taps)
+    names = tuple(grads)
+    raw = jnp.stack([resize_maps(layer_map(grads[t], acts[t], weighting), size) for t in names], axis=1)
+    per_layer, flags = normalize_maps(raw)
+    overall, overall_flags = overall_map(per_layer, layer_weights)
+    keep = valid_mask
+    return LeamMaps(
+        per_layer=jnp.where(keep[:, None, None, None], per_layer, 0.0),
+        overall=jnp.where(keep[:, None, None], overall, 0.0),
+        flags=flags | ~keep[:, None],
+        overall_flags=overall_flags | ~keep,
+        scores=jnp.where(keep, scores, 0.0),
+        embeddings=emb,
+        used_self=used_self & keep,
+        taps=names,
+    )
+
+
+_leam_maps_jit = jax.jit(
+    _leam_maps, static_argnames=("apply_fn", "target", "weighting", "taps", "output_size", "num_people")
+)
+
+
+def leam_maps(
+    apply_fn: Callable,
+    params: Any,
+    images: jax.Array,
+    *,
+    target: str = "identity",
+    references: jax.Array | None = None,
+    negatives: jax.Array | None = None,
+    person_ids: jax.Array | None = None,
+    num_people: int | None = None,
+    valid: jax.Array | None = None,
+    weighting: str = "gradcam",
+    taps: Sequence[str] | None = None,
+    layer_weights: jax.Array | None = None,
+    output_size: tuple[int, int] | None = None,
+) -> LeamMaps:
+    """LEAM maps for a batch: one forward and one backward pass for all taps (jit-compiled).
+
+    Args:
+      apply_fn: ``apply_fn(params, images, perturbations=None) -> (emb [B, D], {tap: [B, H, W, C]})``.
+        Must be hashable and stable (it is a static argument of the compiled function).
+      params: the model's params pytree.
+      images: [B, S, S, C] model inputs.
+      target: ``identity`` (default), ``self``, ``pair`` or ``contrast``.
+      references: [B, D] reference embeddings: the person's (identity, contrast) or
+        the partner image's (pair). For ``identity`` they may be omitted; then
+        leave-one-out references come from this batch via ``person_ids``. A zero
+        row means "no reference": that image is explained with ``self``.
+      negatives: [B, D] the other person's references (``contrast``).
+      person_ids: [B] ints in ``[0, num_people)`` (batch-local ids suffice).
+      num_people: static segment count for ``person_ids`` (default B).
+      valid: [B] bool; padded rows are False, get zero flagged maps and take no
+        part in references.
+      weighting: ``gradcam`` (default), ``layercam`` or ``gradxact``.
+      taps: which taps, in order (default: all the model returns).
+      layer_weights: [L] weights of the layers in the overall map (default equal).
+      output_size: (H, W) of the maps (default: the input size S x S).
+
+    Returns:
+      :class:`LeamMaps` with per_layer [B, L, H, W], overall [B, H, W], flags.
+    """
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    return _leam_maps_jit(
+        apply_fn, params, images, references, negatives, person_ids, valid, layer_weights,
+        target=target, weighting=weighting, taps=None if taps is None else tuple(taps),
+        output_size=None if output_size is None else tuple(output_size), num_people=num_people,
+    )
+
+
+def input_gradient_saliency(
+    apply_fn: Callable, params: Any, images: jax.Array, score_fn: Callable[[jax.Array], jax.Array]
+) -> tuple[jax.Array, jax.Array]:
+    """Baseline: plain input-gradient saliency ``max_c |ds/dx|``, normalised.
+
+    Returns (maps [B, S, S], flags [B]).
+    """
+    def total(x):
+        return jnp.sum(score_fn(apply_fn(params, x)[0]))
+
+    g = jax.grad(total)(images.astype(jnp.float32))
+    return normalize_maps(jnp.max(jnp.abs(g), axis=-1))
+
+
+# ---------------------------------------------------------------------------
+# Data parallel execution with a fixed batch shape.
+
+
+def batch_mesh(devices: Sequence[Any] | None = None) -> jax.sharding.Mesh:
+    """A 1-D mesh named ``batch`` over the given (default: all local) devices."""
+    devices = list(jax.local_devices() if devices is None else devices)
+    return jax.sharding.Mesh(devices, ("batch",))
+
+
+class LeamRunner:
+    """Jit-compiled, data-parallel LEAM over fixed-shape batches.
+
+    Every call runs the one compiled program for ``[batch_size, ...]``: a
+    shorter (ragged) batch is zero-padded and masked, so a sweep never
+    recompiles. The batch axis is sharded over all devices of ``mesh``;
+    params are replicated.
+    """
+
+    def __init__(
+        self,
+        apply_fn: Callable,
+        params: Any,
+        *,
+        batch_size: int,
+        target: str = "identity",
+        weighting: str = "gradcam",
+        taps: Sequence[str] | None = None,
+        output_size: tuple[int, int] | None = None,
+        layer_weights: jax.Array | None = None,
+        mesh: jax.sharding.Mesh | None = None,
+    ):
+        self.mesh = mesh or batch_mesh()
+        n_dev = self.mesh.devices.size
+        if batch_size % n_dev:
+            raise ValueError(f"batch_size {batch_size} must be a multiple of the {n_dev} devices")
+        if target not in TARGETS or weighting not in WEIGHTINGS:
+            raise ValueError(f"bad target {target!r} or weighting {weighting!r}")
+        self.batch_size = batch_size
+        self.target = target
+        self._sharded = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("batch"))
+        self._replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        self.params = jax.device_put(params, self._replicated)
+        self.layer_weights = layer_weights
+        self.trace_count = 0
+        static = dict(target=target, weighting=weighting, taps=None if taps is None else tuple(taps),
+                      output_size=None if output_size is None else tuple(output_size), num_people=batch_size)
+
+        def run(params, images, references, negatives, person_ids, valid, layer_weights):
+            self.trace_count += 1  # Python side effect: runs once per compilation
+            return _leam_maps(apply_fn, params, images, references, negatives, person_ids, valid,
+                              layer_weights, **static)
+
+        self._fn = jax.jit(run)
+
+    def _pad(self, x: jax.Array | None, n: int) -> jax.Array | None:
+        if x is None:
+            return None
+        x = jnp.asarray(x)
+        if x.shape[0] > self.batch_size:
+            raise ValueError(f"batch of {x.shape[0]} exceeds batch_size {self.batch_size}")
+        pad = [(0, self.batch_size - n)] + [(0, 0)] * (x.ndim - 1)
+        return jax.device_put(jnp.pad(x, pad), self._sharded)
+
+    def __call__(
+        self,
+        images: jax.Array,
+        *,
+        person_ids: jax.Array | None = None,
+        references: jax.Array | None = None,
+        negatives: jax.Array | None = None,
+    ) -> LeamMaps:
+        """Maps for up to ``batch_size`` images; results are cut back to their count."""
+        n = images.shape[0]
+        if person_ids is not None:
+            # Batch-local dense ids; padded rows get an id of their own and valid=False.
+            _, dense = jnp.unique(jnp.asarray(person_ids), return_inverse=True, size=n)
+            person_ids = dense.reshape(-1).astype(jnp.int32)
+        elif self.target == "identity" and references is None:
+            raise ValueError("target='identity' needs person_ids or references")
+        valid = jnp.arange(self.batch_size) < n
+        out = self._fn(
+            self.params, self._pad(images, n), self._pad(references, n), self._pad(negatives, n),
+            self._pad(person_ids, n), jax.device_put(valid, self._sharded), self.layer_weights,
+        )
+        return jax.tree_util.tree_map(lambda a: a[:n], out)
+
+
+def top_k_count(num_pixels: int, percent: float) -> int:
+    """Pixels in the top ``percent``% of a map (at least one)."""
+    return max(1, int(math.floor(num_pixels * percent / 100.0 + 0.5)))

@@ -1,0 +1,216 @@
+"""Statistics over LEAM maps (LEAM_SPEC.md section 4) that need no face parser.
+
+Pure JAX: functions take maps ([..., H, W], normalised to sum 1), person ids
+and masks, and return arrays or small registered dataclasses. Only the
+occlusion step calls a model, through the ``embed_fn`` it is given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from leam_jax.core import l2_normalize, normalize_maps, top_k_count
+
+FILLS = ("zero", "mean", "blur", "noise")
+
+
+# ---------------------------------------------------------------------------
+# Top-p% masks and Bhattacharyya coefficients.
+
+
+def top_percent_mask(maps: jax.Array, percent: float) -> jax.Array:
+    """Boolean mask of exactly the top ``percent``% pixels of each [..., H, W] map.
+
+    Ties are broken by pixel index (``lax.top_k`` order), so the count is exact.
+    """
+    h, w = maps.shape[-2:]
+    k = top_k_count(h * w, percent)
+    flat = maps.reshape(-1, h * w)
+    _, idx = jax.lax.top_k(flat, k)
+    mask = jnp.zeros(flat.shape, bool).at[jnp.arange(flat.shape[0])[:, None], idx].set(True)
+    return mask.reshape(maps.shape)
+
+
+def sparsify(maps: jax.Array, percent: float | None) -> jax.Array:
+    """Keep each map's top ``percent``% pixels and renormalise (None: unchanged)."""
+    if percent is None:
+        return maps
+    kept = jnp.where(top_percent_mask(maps, percent), maps, 0.0)
+    return normalize_maps(kept)[0]
+
+
+def bhattacharyya(p: jax.Array, q: jax.Array, *, top_percent: float | None = None) -> jax.Array:
+    """``BC(P, Q) = sum_i sqrt(P_i Q_i)`` over the last two axes. [..., H, W] x2 -> [...]."""
+    if p.shape[-2:] != q.shape[-2:]:
+        raise ValueError(f"maps must share H, W: {p.shape} vs {q.shape}")
+    p, q = sparsify(p, top_percent), sparsify(q, top_percent)
+    return jnp.sum(jnp.sqrt(jnp.maximum(p, 0) * jnp.maximum(q, 0)), axis=(-2, -1))
+
+
+def bc_matrix(maps: jax.Array, *, top_percent: float | None = None) -> jax.Array:
+    """All pairwise BCs of N maps as one matmul: [N, H, W] -> [N, N]."""
+    roots = jnp.sqrt(jnp.maximum(sparsify(maps, top_percent), 0)).reshape(maps.shape[0], -1)
+    return roots @ roots.T
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["mean_same", "mean_diff", "n_same", "n_diff", "same_values", "diff_mask", "same_mask"],
+    meta_fields=[],
+)
+@dataclasses.dataclass(frozen=True)
+class BCSummary:
+    """Same-person vs different-person BC over all pairs i < j of valid maps.
+
+    ``same_values`` is the full [N, N] BC matrix; ``same_mask``/``diff_mask``
+    select the pairs that enter each mean (for permutation tests downstream).
+    """
+
+    mean_same: jax.Array
+    mean_diff: jax.Array
+    n_same: jax.Array
+    n_diff: jax.Array
+    same_values: jax.Array
+    diff_mask: jax.Array
+    same_mask: jax.Array
+
+
+def bc_same_different(
+    maps: jax.Array, person_ids: jax.Array, *, valid: jax.Array | None = None, top_percent: float | None = None
+) -> BCSummary:
+    """Mean BC of same-person pairs vs different-person pairs. maps [N, H, W], ids [N]."""
+    n = maps.shape[0]
+    if person_ids.shape != (n,):
+        raise ValueError(f"person_ids must be [{n}], got {person_ids.shape}")
+    valid = jnp.ones((n,), bool) if valid is None else valid.astype(bool)
+    bc = bc_matrix(maps, top_percent=top_percent)
+    upper = jnp.triu(jnp.ones((n, n), bool), k=1) & valid[:, None] & valid[None, :]
+    same = (person_ids[:, None] == person_ids[None, :]) & upper
+    diff = (person_ids[:, None] != person_ids[None, :]) & upper
+
+    def mean(mask):
+        count = jnp.sum(mask)
+        return jnp.where(count > 0, jnp.sum(jnp.where(mask, bc, 0.0)) / jnp.maximum(count, 1), jnp.nan), count
+
+    (ms, ns), (md, nd) = mean(same), mean(diff)
+    return BCSummary(ms, md, ns, nd, bc, diff, same)
+
+
+def layer_diversity(per_layer: jax.Array, *, top_percent: float | None = None) -> tuple[jax.Array, jax.Array]:
+    """BC between the layer maps of each image.
+
+    Args:
+      per_layer: [B, L, H, W].
+
+    Returns:
+      (bc [B, L, L], mean_offdiag [B]): the mean off-diagonal BC; diversity is 1 - that.
+    """
+    b, n = per_layer.shape[:2]
+    roots = jnp.sqrt(jnp.maximum(sparsify(per_layer, top_percent), 0)).reshape(b, n, -1)
+    bc = jnp.einsum("blp,bmp->blm", roots, roots)
+    off = ~jnp.eye(n, dtype=bool)
+    return bc, jnp.sum(jnp.where(off, bc, 0.0), axis=(1, 2)) / max(n * (n - 1), 1)
+
+
+def model_agreement(maps_a: jax.Array, maps_b: jax.Array, *, top_percent: float | None = None) -> jax.Array:
+    """BC between two models' overall maps of the same images (same frame). [B, H, W] x2 -> [B]."""
+    return bhattacharyya(maps_a, maps_b, top_percent=top_percent)
+
+
+# ---------------------------------------------------------------------------
+# Occlusion.
+
+
+def random_masks(key: jax.Array, shape: tuple[int, int, int], percent: float) -> jax.Array:
+    """Masks of exactly as many uniformly random pixels as ``top_percent_mask``. -> [B, H, W]."""
+    return top_percent_mask(jax.random.uniform(key, shape), percent)
+
+
+def gaussian_blur(images: jax.Array, sigma: float) -> jax.Array:
+    """Separable Gaussian blur of [B, H, W, C] images (edges replicated)."""
+    radius = max(1, int(math.ceil(3 * sigma)))
+    x = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+    k = jnp.exp(-0.5 * (x / sigma) ** 2)
+    k = k / k.sum()
+    c = images.shape[-1]
+    img = jnp.pad(images.astype(jnp.float32), ((0, 0), (radius, radius), (radius, radius), (0, 0)), mode="edge")
+    for shape in ((-1, 1, 1, 1), (1, -1, 1, 1)):  # rows, then columns; depthwise (one group per channel)
+        kernel = jnp.tile(k.reshape(shape), (1, 1, 1, c))
+        img = jax.lax.conv_general_dilated(img, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                           feature_group_count=c)
+    return img
+
+
+def occlude(
+    images: jax.Array, masks: jax.Array, *, fill: str = "zero", key: jax.Array | None = None, blur_sigma: float = 8.0
+) -> jax.Array:
+    """Replace masked pixels. images [B, H, W, C] (0..255), masks [B, H, W] bool.
+
+    fill: ``zero`` (black), ``mean`` (the image's mean colour), ``blur``
+    (a Gaussian-blurred copy, ``blur_sigma`` px), ``noise`` (uniform 0..255, needs ``key``).
+    """
+    x = images.astype(jnp.float32)
+    if masks.shape != x.shape[:3]:
+        raise ValueError(f"masks must be [B, H, W] = {x.shape[:3]}, got {masks.shape}")
+    if fill == "zero":
+        filler = jnp.zeros_like(x)
+    elif fill == "mean":
+        filler = jnp.broadcast_to(jnp.mean(x, axis=(1, 2), keepdims=True), x.shape)
+    elif fill == "blur":
+        filler = gaussian_blur(x, blur_sigma)
+    elif fill == "noise":
+        if key is None:
+            raise ValueError("fill='noise' needs a PRNG key")
+        filler = jax.random.uniform(key, x.shape, minval=0.0, maxval=255.0)
+    else:
+        raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
+    return jnp.where(masks[..., None], filler, x)
+
+
+def cosine(a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.sum(l2_normalize(a) * l2_normalize(b), axis=-1)
+
+
+def occlusion_delta(
+    embed_fn: Callable[[jax.Array], jax.Array],
+    images: jax.Array,
+    masks: jax.Array,
+    references: jax.Array,
+    *,
+    fill: str = "zero",
+    key: jax.Array | None = None,
+    clean_embeddings: jax.Array | None = None,
+) -> jax.Array:
+    """``Δcos = cos(e(x), r) - cos(e(x_occ), r)`` per image. -> [B]."""
+    clean = embed_fn(images) if clean_embeddings is None else clean_embeddings
+    occluded = embed_fn(occlude(images, masks, fill=fill, key=key))
+    return cosine(clean, references) - cosine(occluded, references)
+
+
+def random_occlusion_delta(
+    embed_fn: Callable[[jax.Array], jax.Array],
+    images: jax.Array,
+    percent: float,
+    references: jax.Array,
+    key: jax.Array,
+    *,
+    seeds: int = 5,
+    fill: str = "zero",
+    clean_embeddings: jax.Array | None = None,
+) -> jax.Array:
+    """The matched random baseline: Δcos for random masks of the same pixel count,
+    averaged over ``seeds`` draws. -> [B]."""
+    clean = embed_fn(images) if clean_embeddings is None else clean_embeddings
+    b, h, w = images.shape[:3]
+    deltas = []
+    for k in jax.random.split(key, seeds):
+        mk, fk = jax.random.split(k)
+        masks = random_masks(mk, (b, h, w), percent)
+        deltas.append(occlusion_delta(embed_fn, images, masks, references, fill=fill, key=fk, clean_embeddings=clean))
+    return jnp.mean(jnp.stack(deltas), axis=0)

@@ -1,0 +1,121 @@
+"""Map statistics against numpy oracles."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from leam_jax import stats
+from tests.test_core import np_normalize
+
+RNG = np.random.default_rng(0)
+
+
+def maps(n, h=12, w=10):
+    return np_normalize(RNG.uniform(size=(n, h, w)) ** 4).astype(np.float32)
+
+
+def np_top_mask(m, percent):
+    flat = m.reshape(-1)
+    k = max(1, int(np.floor(flat.size * percent / 100 + 0.5)))
+    mask = np.zeros(flat.size, bool)
+    mask[np.argsort(-flat, kind="stable")[:k]] = True
+    return mask.reshape(m.shape)
+
+
+def np_bc(p, q, top=None):
+    if top is not None:
+        p, q = np_normalize(np.where(np_top_mask(p, top), p, 0)), np_normalize(np.where(np_top_mask(q, top), q, 0))
+    return np.sqrt(p * q).sum()
+
+
+def test_top_percent_mask_exact_count_and_pixels():
+    m = maps(3)
+    for p in (0.5, 1, 5, 10):
+        mask = np.asarray(jax.jit(stats.top_percent_mask, static_argnums=1)(m, p))
+        for i in range(3):
+            np.testing.assert_array_equal(mask[i], np_top_mask(m[i], p))
+    assert np.asarray(stats.top_percent_mask(jnp.zeros((1, 150, 150)), 1)).sum() == 225  # ties: still exact
+
+
+def test_bhattacharyya_equals_numpy_and_is_one_for_identical():
+    p, q = maps(2)
+    np.testing.assert_allclose(stats.bhattacharyya(p, q), np_bc(p, q), rtol=1e-5)
+    np.testing.assert_allclose(stats.bhattacharyya(p, p), 1.0, rtol=1e-5)
+    for top in (1, 10):
+        np.testing.assert_allclose(stats.bhattacharyya(p, q, top_percent=top), np_bc(p, q, top), rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(stats.bhattacharyya(p, p, top_percent=top), 1.0, rtol=1e-5)
+    disjoint_a = np.zeros((4, 4), np.float32)
+    disjoint_a[0, 0] = 1
+    disjoint_b = np.zeros((4, 4), np.float32)
+    disjoint_b[3, 3] = 1
+    assert float(stats.bhattacharyya(disjoint_a, disjoint_b)) == 0.0
+    with pytest.raises(ValueError, match="share H, W"):
+        stats.bhattacharyya(p, q[:, :5])
+
+
+def test_bc_matrix_and_same_different_summary():
+    m = maps(6)
+    ids = np.array([0, 0, 1, 1, 1, 2])
+    bc = np.asarray(stats.bc_matrix(jnp.asarray(m)))
+    for i in range(6):
+        for j in range(6):
+            assert abs(bc[i, j] - np_bc(m[i], m[j])) < 1e-5
+    s = jax.jit(stats.bc_same_different)(jnp.asarray(m), jnp.asarray(ids))
+    same = [np_bc(m[i], m[j]) for i in range(6) for j in range(i + 1, 6) if ids[i] == ids[j]]
+    diff = [np_bc(m[i], m[j]) for i in range(6) for j in range(i + 1, 6) if ids[i] != ids[j]]
+    np.testing.assert_allclose([s.mean_same, s.mean_diff], [np.mean(same), np.mean(diff)], rtol=1e-5)
+    assert int(s.n_same) == len(same) == 4 and int(s.n_diff) == len(diff) == 11
+    v = stats.bc_same_different(jnp.asarray(m), jnp.asarray(ids), valid=jnp.array([1, 1, 1, 1, 1, 0], bool))
+    assert int(v.n_diff) == 6
+
+
+def test_layer_diversity_equals_numpy():
+    per_layer = np.stack([maps(4) for _ in range(2)])  # [2, 4, H, W]
+    bc, mean_off = stats.layer_diversity(jnp.asarray(per_layer))
+    for b in range(2):
+        ref = np.array([[np_bc(per_layer[b, i], per_layer[b, j]) for j in range(4)] for i in range(4)])
+        np.testing.assert_allclose(bc[b], ref, rtol=1e-5)
+        np.testing.assert_allclose(mean_off[b], ref[~np.eye(4, dtype=bool)].mean(), rtol=1e-5)
+
+
+def test_random_masks_match_count():
+    masks = np.asarray(stats.random_masks(jax.random.PRNGKey(0), (3, 20, 30), 5))
+    assert (masks.reshape(3, -1).sum(1) == 30).all()
+    assert not (masks[0] == masks[1]).all()
+
+
+def test_occlude_fills():
+    img = jnp.asarray(RNG.uniform(0, 255, (2, 8, 8, 3)), jnp.float32)
+    mask = jnp.zeros((2, 8, 8), bool).at[:, 2:4, 3:6].set(True)
+    for fill in stats.FILLS:
+        out = np.asarray(stats.occlude(img, mask, fill=fill, key=jax.random.PRNGKey(1), blur_sigma=1.0))
+        np.testing.assert_array_equal(out[~np.asarray(mask)], np.asarray(img)[~np.asarray(mask)])
+        inside = out[np.asarray(mask)]
+        if fill == "zero":
+            assert (inside == 0).all()
+        if fill == "mean":
+            np.testing.assert_allclose(out[0, 2, 3], np.asarray(img)[0].mean((0, 1)), rtol=1e-5)
+        if fill == "noise":
+            assert ((inside >= 0) & (inside <= 255)).all() and not np.allclose(inside, np.asarray(img)[np.asarray(mask)])
+    with pytest.raises(ValueError, match="fill must be one of"):
+        stats.occlude(img, mask, fill="paint")
+    with pytest.raises(ValueError, match="needs a PRNG key"):
+        stats.occlude(img, mask, fill="noise")
+
+
+def test_occlusion_delta_oracle():
+    """With a linear 'model' the occlusion delta has a closed form."""
+    w = jnp.asarray(RNG.normal(size=(8 * 8 * 3, 4)), jnp.float32)
+    embed = lambda x: x.reshape(x.shape[0], -1) @ w
+    img = jnp.asarray(RNG.uniform(0, 255, (2, 8, 8, 3)), jnp.float32)
+    ref = jnp.asarray(RNG.normal(size=(2, 4)), jnp.float32)
+    none = jnp.zeros((2, 8, 8), bool)
+    np.testing.assert_allclose(stats.occlusion_delta(embed, img, none, ref), 0.0, atol=1e-6)
+    mask = none.at[:, :4].set(True)
+    occluded = np.where(np.asarray(mask)[..., None], 0, np.asarray(img))
+    cos = lambda a, b: (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+    e0, e1 = np.asarray(embed(img)), occluded.reshape(2, -1) @ np.asarray(w)
+    np.testing.assert_allclose(stats.occlusion_delta(embed, img, mask, ref), cos(e0, ref) - cos(e1, ref), rtol=1e-4)
+    rnd = stats.random_occlusion_delta(embed, img, 10, ref, jax.random.PRNGKey(0), seeds=3)
+    assert rnd.shape == (2,) and np.all(np.isfinite(rnd))
