@@ -62,7 +62,7 @@ def explain_set(
 
 def occlusion_comparison(
     model, images: np.ndarray, maps: np.ndarray, references: np.ndarray, *, percent: float = 1.0,
-    fill: str = "zero", seeds: int = 5, batch_size: int = 32, key: int = 0,
+    fill: str = stats.DEFAULT_FILL, seeds: int = 5, batch_size: int = 32, key: int = 0,
 ) -> dict[str, np.ndarray]:
     """Δcos per image when the top ``percent``% pixels of ``maps`` are occluded, and
     for as many random pixels (mean over ``seeds``)."""

@@ -97,7 +97,7 @@ def test_gradients_match_central_finite_differences():
         rng = np.random.default_rng(1)
         for t in ("c1", "c2", "c3"):
             v = jnp.asarray(rng.normal(size=acts[t].shape), jnp.float64)
-            f = lambda eps, t=t: float(jnp.sum(score(apply_fn(params, images, {t: eps * v})[0])))
+            f = lambda eps, t=t, v=v: float(jnp.sum(score(apply_fn(params, images, {t: eps * v})[0])))
             eps = 1e-5
             fd = (f(eps) - f(-eps)) / (2 * eps)
             analytic = float(jnp.sum(grads[t] * v))

@@ -116,6 +116,6 @@ def test_occlusion_delta_oracle():
     occluded = np.where(np.asarray(mask)[..., None], 0, np.asarray(img))
     cos = lambda a, b: (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
     e0, e1 = np.asarray(embed(img)), occluded.reshape(2, -1) @ np.asarray(w)
-    np.testing.assert_allclose(stats.occlusion_delta(embed, img, mask, ref), cos(e0, ref) - cos(e1, ref), rtol=1e-4)
+    np.testing.assert_allclose(stats.occlusion_delta(embed, img, mask, ref, fill="zero"), cos(e0, ref) - cos(e1, ref), rtol=1e-4)
     rnd = stats.random_occlusion_delta(embed, img, 10, ref, jax.random.PRNGKey(0), seeds=3)
     assert rnd.shape == (2,) and np.all(np.isfinite(rnd))
