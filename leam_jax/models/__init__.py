@@ -12,7 +12,7 @@ from collections.abc import Callable
 from flax import nnx
 
 from leam_jax.models import dlib_resnet
-from leam_jax.models.contract import FaceModel, abstract_flat, from_flat, pure
+from leam_jax.models.contract import FaceModel, abstract_flat, load_converted, pure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,16 +47,7 @@ def load(name: str, *, convert: bool = True) -> FaceModel:
     if name not in REGISTRY:
         raise KeyError(f"unknown model {name!r}; known: {sorted(REGISTRY)}")
     spec = REGISTRY[name]
-    from converters import ensure_converted, sources  # I/O edge: converters live outside the package
-    from leam_jax import checkpoint
-
-    if convert:
-        path = ensure_converted(name, quiet=True)
-    else:
-        path = sources.checkpoint_dir() / name
-    digest = sources.load_manifest().get(name, {}).get("converted_sha256")
-    flat = checkpoint.restore(path, expected_digest=digest)
-    apply, params = from_flat(lambda: spec.ctor(nnx.Rngs(0)), flat, str(path))
+    apply, params = load_converted(name, lambda: spec.ctor(nnx.Rngs(0)), convert=convert)
     return FaceModel(name, apply, params, spec.taps, spec.input_size, spec.embedding_dim)
 
 

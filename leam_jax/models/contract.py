@@ -82,3 +82,13 @@ def from_flat(ctor: Callable[[], nnx.Module], flat: Mapping[str, np.ndarray], so
     fill(pure_dict, nested)
     nnx.replace_by_pure_dict(params, pure_dict)
     return apply, params
+
+
+def load_converted(name: str, ctor: Callable[[], nnx.Module], *, convert: bool = True) -> tuple[ApplyFn, nnx.State]:
+    """``(apply, params)`` of a converted model: converted on first use, digest-checked, strictly merged."""
+    from converters import ensure_converted, sources  # I/O edge: converters live outside the package
+
+    path = ensure_converted(name, quiet=True) if convert else sources.checkpoint_dir() / name
+    digest = sources.load_manifest().get(name, {}).get("converted_sha256")
+    flat = checkpoint.restore(path, expected_digest=digest)
+    return from_flat(ctor, flat, str(path))
