@@ -118,3 +118,55 @@ def warp_affine(image: jax.Array, out_to_in: jax.Array, out_shape: tuple[int, in
 def dlib_face_chip(image: jax.Array, points5: np.ndarray, size: int = 150, padding: float = 0.25) -> jax.Array:
     """The dlib chip of ``image`` [H, W, 3] for a 5-point shape, [size, size, 3] float32."""
     return warp_affine(image, dlib_chip_to_image(points5, size, padding), (size, size))
+
+
+# ---------------------------------------------------------------------------
+# The common analysis frame and model templates (LEAM_SPEC section 2).
+
+# The 5-point template of ArcFace-style 112x112 crops (image-left eye centre,
+# image-right eye centre, nose tip, image-left and image-right mouth corner).
+ARCFACE_112 = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]]
+)
+ANALYSIS_SIZE = 256
+# The analysis frame puts the same 5 points where a 112 ArcFace crop has them,
+# shrunk by dlib-style padding 0.25 so forehead, chin and cheeks fit: eyes at
+# y = 121, mouth at y = 182 of 256, inter-eye distance 54 px.
+ANALYSIS_PADDING = 0.25
+
+
+def five_point_template(size: int, padding: float = 0.0) -> np.ndarray:
+    """The ArcFace 5-point template for a ``size`` crop with dlib-style ``padding``. [5, 2]."""
+    return (ARCFACE_112 / 112.0 + padding) / (1.0 + 2.0 * padding) * size
+
+
+def analysis_template(size: int = ANALYSIS_SIZE) -> np.ndarray:
+    return five_point_template(size, ANALYSIS_PADDING)
+
+
+def compose_affine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[2, 3] affine of ``a`` after ``b`` (x -> a(b(x)))."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.concatenate([a[:, :2] @ b[:, :2], (a[:, :2] @ b[:, 2] + a[:, 2])[:, None]], axis=1)
+
+
+def image_to_template(points5: np.ndarray, template: np.ndarray) -> np.ndarray:
+    """Least-squares similarity taking the 5 image points onto a template. [2, 3]."""
+    return similarity_transform(points5, template)
+
+
+def frame_to_model(image_to_frame: np.ndarray, image_to_model: np.ndarray) -> np.ndarray:
+    """Analysis-frame coordinates -> a model's input coordinates, for one image. [2, 3]."""
+    return compose_affine(image_to_model, invert_affine(image_to_frame))
+
+
+def warp_map(m: jax.Array, out_to_in: jax.Array, out_shape: tuple[int, int]) -> jax.Array:
+    """Warp a relevance map (a distribution [H, W]) and renormalise its mass.
+
+    Bilinear sampling of a density scales its mass by the inverse Jacobian and
+    drops what falls outside; the result is renormalised to the mass that
+    stays in view, so maps remain comparable distributions in the new frame.
+    """
+    out = warp_affine(m[..., None], out_to_in, out_shape)[..., 0]
+    total = jnp.sum(out)
+    return jnp.where(total > 0, out / jnp.where(total > 0, total, 1.0), 0.0)

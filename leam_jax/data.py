@@ -45,24 +45,21 @@ def list_people(data_dir: str | os.PathLike, *, max_people: int = 0, max_images_
 
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file to uint8 RGB [H, W, 3] (grayscale, RGBA, 16-bit converted)."""
+    """Decode an image file to uint8 RGB [H, W, 3].
+
+    OpenCV's colour decode does the conversions: grayscale is replicated to
+    three channels, an alpha channel is dropped, 16-bit samples are scaled to
+    8 bits, and a JPEG's EXIF orientation is applied (the pixels come upright).
+    """
     try:
         raw = np.fromfile(str(path), dtype=np.uint8)
     except OSError as e:
         raise ImageError(path, f"cannot read file ({e.strerror})") from e
     if raw.size == 0:
         raise ImageError(path, "empty file")
-    img = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
+    img = cv2.imdecode(raw, cv2.IMREAD_COLOR)
     if img is None:
         raise ImageError(path, "not a decodable image")
-    if img.dtype == np.uint16:
-        img = (img.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
-    elif img.dtype != np.uint8:
-        raise ImageError(path, f"unsupported pixel type {img.dtype}")
-    if img.ndim == 2:
-        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    if img.shape[2] == 4:
-        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 

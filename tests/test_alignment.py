@@ -2,6 +2,7 @@
 
 import cv2
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -140,3 +141,41 @@ def test_chip_to_image_maps_template_onto_points():
     s_ = np.hypot(*a[:, 0])
     k = (150 * s_ - 1) / (149 * s_)
     np.testing.assert_allclose(apply(m, tpl), apply(a, 75.0 + k * (tpl - 74.5)), atol=1e-9)
+
+
+def test_frame_to_model_maps_template_onto_template():
+    from leam_jax.alignment import (
+        analysis_template,
+        compose_affine,
+        five_point_template,
+        frame_to_model,
+        image_to_template,
+    )
+
+    rng = np.random.default_rng(8)
+    a = random_similarity(rng)
+    pts = apply(a, analysis_template() * 0.7 + 20)  # some face in some image
+    to_frame = image_to_template(pts, analysis_template())
+    to_arcface = image_to_template(pts, five_point_template(112))
+    f2m = frame_to_model(to_frame, to_arcface)
+    np.testing.assert_allclose(apply(f2m, analysis_template()), five_point_template(112), atol=1e-9)
+    np.testing.assert_allclose(compose_affine(to_frame, invert_affine(to_frame)), np.eye(2, 3), atol=1e-12)
+
+
+def test_map_warp_round_trip_keeps_mass_in_face_box():
+    """A map in a 112 model crop, warped into the 256 analysis frame and back."""
+    from leam_jax.alignment import analysis_template, five_point_template, frame_to_model, image_to_template, warp_map
+
+    rng = np.random.default_rng(9)
+    yy, xx = np.mgrid[:112, :112]
+    box = np.zeros((112, 112), bool)
+    box[20:100, 15:97] = True  # the face box of the 112 crop
+    m = np.exp(-(((xx - 56) / 18.0) ** 2 + ((yy - 70) / 22.0) ** 2) / 2) * box
+    m = (m / m.sum()).astype(np.float32)
+    pts = apply(random_similarity(rng), analysis_template())
+    f2m = frame_to_model(image_to_template(pts, analysis_template()), image_to_template(pts, five_point_template(112)))
+    in_frame = warp_map(jnp.asarray(m), f2m, (256, 256))  # out = frame, in = model
+    back = np.asarray(warp_map(in_frame, invert_affine(f2m), (112, 112)))
+    np.testing.assert_allclose(np.asarray(in_frame).sum(), 1.0, rtol=1e-5)
+    assert back[box].sum() / back.sum() >= 0.99
+    assert np.abs(back - m).sum() < 0.1  # total variation after a round trip
