@@ -1,0 +1,352 @@
+"""human-models ``facemesh.json`` + ``facemesh.bin`` (TF.js graph) -> Flax params of FaceMesh.
+
+Two tables drive the conversion:
+
+* ``LAYERS``: every parameterised layer of the Flax model (input side first)
+  with the TF/Keras layer numbers its constants carry in the graph
+  (``depthwise_conv2d_N``, ``conv2d_M``, ``p_re_lu_K``).
+* ``mapping_table()``: those rows expanded to (graph constant name, Flax key,
+  transform), the transforms in ``TRANSFORMS``.
+
+Before it copies a single weight the converter walks the graph along
+``LAYERS`` and checks every node it passes: op, strides, padding, fused ops,
+the wiring from one layer to the next, the max-pool + channel-pad skips of the
+stride-2 blocks, the three output reshapes and the sigmoid. Every node and
+constant of the graph must be used exactly once, so a different graph is an
+error naming the node, never a silently different model.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from converters import tfjs_graph
+from converters.tfjs_sources import graph_from_files, human_model_source
+from leam_jax.models import facemesh as model
+
+P = "StatefulPartitionedCall/model_1/"
+
+# --- the layer table ------------------------------------------------------------
+
+# (Flax module path, kind, TF layer numbers). Kinds:
+#   conv_prelu: conv + bias + PReLU fused in one _FusedConv2D   {conv, prelu}
+#   block:      depthwise_conv2d_{dw} -> conv2d_{conv} (+bias) -> AddV2(skip) -> p_re_lu_{prelu}
+#   out:        conv2d_{conv} 3x3/3 VALID + bias -> [Sigmoid] -> Reshape [-1, C]
+LAYERS: tuple[tuple[str, str, dict[str, int]], ...] = (
+    ("stem", "conv_prelu", {"conv": 1, "prelu": 1}),
+    ("trunk/0", "block", {"dw": 1, "conv": 2, "prelu": 2}),
+    ("trunk/1", "block", {"dw": 2, "conv": 3, "prelu": 3}),
+    ("trunk/2", "block", {"dw": 3, "conv": 4, "prelu": 4}),
+    ("trunk/3", "block", {"dw": 4, "conv": 5, "prelu": 5}),
+    ("trunk/4", "block", {"dw": 5, "conv": 6, "prelu": 6}),
+    ("trunk/5", "block", {"dw": 6, "conv": 7, "prelu": 7}),
+    ("trunk/6", "block", {"dw": 7, "conv": 8, "prelu": 8}),
+    ("trunk/7", "block", {"dw": 8, "conv": 9, "prelu": 9}),
+    ("trunk/8", "block", {"dw": 9, "conv": 10, "prelu": 10}),
+    ("trunk/9", "block", {"dw": 10, "conv": 11, "prelu": 11}),
+    ("trunk/10", "block", {"dw": 11, "conv": 12, "prelu": 12}),
+    ("trunk/11", "block", {"dw": 12, "conv": 13, "prelu": 13}),
+    ("trunk/12", "block", {"dw": 13, "conv": 14, "prelu": 14}),
+    ("trunk/13", "block", {"dw": 14, "conv": 15, "prelu": 15}),
+    # mesh head (output_mesh)
+    ("mesh_head/blocks/0", "block", {"dw": 15, "conv": 16, "prelu": 16}),
+    ("mesh_head/blocks/1", "block", {"dw": 16, "conv": 17, "prelu": 17}),
+    ("mesh_head/blocks/2", "block", {"dw": 17, "conv": 18, "prelu": 18}),
+    ("mesh_head/proj", "conv_prelu", {"conv": 19, "prelu": 19}),
+    ("mesh_head/tail", "block", {"dw": 18, "conv": 20, "prelu": 20}),
+    ("mesh_head/out", "out", {"conv": 21}),
+    # contours head (output_contours)
+    ("contours_head/blocks/0", "block", {"dw": 19, "conv": 22, "prelu": 21}),
+    ("contours_head/blocks/1", "block", {"dw": 20, "conv": 23, "prelu": 22}),
+    ("contours_head/blocks/2", "block", {"dw": 21, "conv": 24, "prelu": 23}),
+    ("contours_head/proj", "conv_prelu", {"conv": 25, "prelu": 24}),
+    ("contours_head/tail", "block", {"dw": 22, "conv": 26, "prelu": 25}),
+    ("contours_head/out", "out", {"conv": 27}),
+    # face-flag head (output_faceflag)
+    ("faceflag_head/blocks/0", "block", {"dw": 23, "conv": 28, "prelu": 26}),
+    ("faceflag_head/proj", "conv_prelu", {"conv": 29, "prelu": 27}),
+    ("faceflag_head/tail", "block", {"dw": 24, "conv": 30, "prelu": 28}),
+    ("faceflag_head/out", "out", {"conv": 31}),
+)
+
+
+
+def _layer_input(path: str) -> str | None:
+    """The layer whose output feeds ``path`` (None: the input placeholder)."""
+    order = [p for p, _, _ in LAYERS]
+    i = order.index(path)
+    if path.endswith("/blocks/0"):
+        return "trunk/13"  # every head reads the 6x6 trunk output
+    return order[i - 1] if i else None
+
+
+# --- graph constant -> Flax parameter -----------------------------------------
+
+# How a graph constant becomes a Flax array: the rules, in one place.
+TRANSFORMS = {
+    # TF and Flax both keep conv kernels HWIO.
+    "identity": lambda a: np.ascontiguousarray(a),
+    # DepthwiseConv2dNative [3, 3, C, 1] -> grouped nnx.Conv [3, 3, 1, C].
+    "depthwise_hwc1_to_hw1c": lambda a: np.ascontiguousarray(np.transpose(a, (0, 1, 3, 2))),
+    # Prelu alpha [1, 1, C] -> [C]. The constant is named p_re_lu_K/Neg (Keras folds -alpha), but the
+    # TF.js converter's PReLU fusion negated it back: it holds +alpha, used as x < 0 ? alpha * x : x.
+    "prelu_11c_to_c": lambda a: np.ascontiguousarray(a.reshape(-1)),
+}
+
+
+def _names(kind: str, n: dict[str, int]) -> dict[str, str]:
+    """Graph constant names of one layer, by Flax leaf."""
+    if kind == "conv_prelu":
+        return {"conv/kernel": f"{P}conv2d_{n['conv']}/Conv2D_weights",
+                "conv/bias": f"{P}conv2d_{n['conv']}/Conv2D_bn_offset",
+                "alpha": f"{P}p_re_lu_{n['prelu']}/Neg"}
+    if kind == "block":
+        return {"dw/kernel": f"{P}depthwise_conv2d_{n['dw']}/depthwise/ReadVariableOp",
+                "pw/kernel": f"{P}conv2d_{n['conv']}/Conv2D_weights",
+                "pw/bias": f"{P}conv2d_{n['conv']}/Conv2D_bn_offset",
+                "alpha": f"{P}p_re_lu_{n['prelu']}/Neg"}
+    if kind == "out":
+        return {"kernel": f"{P}conv2d_{n['conv']}/Conv2D/ReadVariableOp",
+                "bias": f"{P}conv2d_{n['conv']}/BiasAdd/ReadVariableOp"}
+    raise ValueError(f"unknown layer kind {kind!r}")
+
+
+_RULE = {"conv/kernel": "identity", "conv/bias": "identity", "alpha": "prelu_11c_to_c",
+         "dw/kernel": "depthwise_hwc1_to_hw1c", "pw/kernel": "identity", "pw/bias": "identity",
+         "kernel": "identity", "bias": "identity"}
+
+
+def mapping_table() -> list[tuple[str, str, str]]:
+    """Rows (graph constant, Flax key, transform), input side first."""
+    return [(const, f"{path}/{leaf}", _RULE[leaf])
+            for path, kind, numbers in LAYERS for leaf, const in _names(kind, numbers).items()]
+
+
+# --- checking the graph against the table -----------------------------------------
+
+
+def _strides(node: tfjs_graph.Node) -> int:
+    s = node.attr_list("strides")
+    if len(s) != 4 or s[0] != 1 or s[3] != 1 or s[1] != s[2]:
+        raise ValueError(f"node {node.name!r}: unexpected strides {s}")
+    return s[1]
+
+
+class _Walker:
+    """Follows the graph along LAYERS, recording every node it checks."""
+
+    def __init__(self, graph: tfjs_graph.TfjsGraph, source: str):
+        self.g, self.source, self.seen = graph, source, set()
+        self.outputs: dict[str, str] = {}  # layer path -> name of its output node
+
+    def fail(self, msg: str):
+        raise ValueError(f"{self.source}: {msg}")
+
+    def node(self, name: str, op: str) -> tfjs_graph.Node:
+        name = name.split(":")[0]
+        if name not in self.g.nodes:
+            self.fail(f"node {name!r} is missing")
+        n = self.g.nodes[name]
+        if n.op != op:
+            self.fail(f"node {name!r} is {n.op}, expected {op}")
+        if name in self.seen:
+            self.fail(f"node {name!r} is used twice by the layer table")
+        self.seen.add(name)
+        return n
+
+    def consumer(self, name: str, op: str) -> tfjs_graph.Node:
+        users = [c for c in self.g.consumers(name) if c.op == op]
+        if len(users) != 1:
+            self.fail(f"node {name!r}: expected one {op} consumer, found {[c.name for c in users]}")
+        return self.node(users[0].name, op)
+
+    def reader(self, const: str, op: str) -> tfjs_graph.Node:
+        """The one node of type ``op`` reading the constant ``const``."""
+        self.node(const, "Const")
+        users = self.g.consumers(const)
+        if len(users) != 1 or users[0].op != op:
+            self.fail(f"constant {const!r}: expected one {op} reader, found {[(u.name, u.op) for u in users]}")
+        return self.node(users[0].name, op)
+
+    def expect(self, node: tfjs_graph.Node, *, stride: int, padding: str, fused: list[str] | None = None):
+        if _strides(node) != stride:
+            self.fail(f"node {node.name!r}: stride {_strides(node)}, the model has {stride}")
+        if node.attr_str("padding") != padding:
+            self.fail(f"node {node.name!r}: padding {node.attr_str('padding')!r}, the model has {padding!r}")
+        if node.attr_list("dilations") not in ([], [1, 1, 1, 1]):
+            self.fail(f"node {node.name!r}: dilations {node.attr_list('dilations')}")
+        if node.attr_str("data_format") not in ("", "NHWC"):
+            self.fail(f"node {node.name!r}: data format {node.attr_str('data_format')!r}")
+        if fused is not None and node.attr_strs("fused_ops") != fused:
+            self.fail(f"node {node.name!r}: fused ops {node.attr_strs('fused_ops')}, expected {fused}")
+
+    def input_of(self, path: str) -> str:
+        prev = _layer_input(path)
+        return self.g.inputs[0] if prev is None else self.outputs[prev]
+
+    def same_input(self, node: tfjs_graph.Node, want: str, k: int = 0):
+        if node.inputs[k].split(":")[0] != want:
+            self.fail(f"node {node.name!r} reads {node.inputs[k]!r}, the layer table says {want!r}")
+
+    def int_const(self, name: str, want: list) -> None:
+        self.node(name, "Const")
+        got = np.asarray(self.g.weights[name]).tolist()
+        if got != want:
+            self.fail(f"constant {name!r} is {got}, expected {want}")
+
+
+def check_graph(graph: tfjs_graph.TfjsGraph, source: str) -> None:
+    """Raise ValueError naming the node wherever the graph differs from the Flax model."""
+    w = _Walker(graph, source)
+    if graph.inputs != ["input_1"]:
+        w.fail(f"inputs {graph.inputs}, expected ['input_1']")
+    dims = [int(d["size"]) for d in graph.nodes["input_1"].attr["shape"]["shape"]["dim"]]
+    if dims != [-1, model.INPUT_SIZE, model.INPUT_SIZE, 3]:
+        w.fail(f"input_1 has shape {dims}, the model takes [-1, {model.INPUT_SIZE}, {model.INPUT_SIZE}, 3]")
+    w.node("input_1", "Placeholder")
+    trunk = dict(enumerate(model.TRUNK))
+    for path, kind, numbers in LAYERS:
+        names = _names(kind, numbers)
+        src = w.input_of(path)
+        if kind == "conv_prelu":
+            conv = w.reader(names["conv/kernel"], "_FusedConv2D")
+            stride = 2 if path == "stem" else 1
+            w.expect(conv, stride=stride, padding="SAME" if path == "stem" else "VALID", fused=["BiasAdd", "Prelu"])
+            w.same_input(conv, src)
+            for k, leaf in ((2, "conv/bias"), (3, "alpha")):
+                w.same_input(conv, names[leaf], k)
+                w.node(names[leaf], "Const")
+            w.outputs[path] = conv.name
+        elif kind == "block":
+            if path.startswith("trunk/"):
+                cin, cout, stride = trunk[int(path.split("/")[1])]
+            else:
+                cin = cout = model.TRUNK_WIDTH if "/blocks/" in path else model.HEAD_WIDTH
+                stride = 2 if path.endswith("/blocks/0") else 1
+            dw = w.reader(names["dw/kernel"], "DepthwiseConv2dNative")
+            w.expect(dw, stride=stride, padding="SAME")
+            w.same_input(dw, src)
+            pw = w.reader(names["pw/kernel"], "_FusedConv2D")
+            w.expect(pw, stride=1, padding="VALID", fused=["BiasAdd"])
+            w.same_input(pw, dw.name)
+            w.same_input(pw, names["pw/bias"], 2)
+            w.node(names["pw/bias"], "Const")
+            add = w.consumer(pw.name, "AddV2")
+            skip = [i.split(":")[0] for i in add.inputs if i.split(":")[0] != pw.name]
+            if len(skip) != 1:
+                w.fail(f"node {add.name!r}: inputs {add.inputs}")
+            if stride == 1:
+                if skip[0] != src:
+                    w.fail(f"node {add.name!r}: skip {skip[0]!r}, the layer table says {src!r}")
+            else:
+                pool_name = skip[0]
+                if cout != cin:
+                    pad = w.node(skip[0], "Pad")
+                    w.int_const(pad.inputs[1], [[0, 0], [0, 0], [0, 0], [0, cout - cin]])
+                    pool_name = pad.inputs[0]
+                pool = w.node(pool_name, "MaxPool")
+                w.expect(pool, stride=2, padding="VALID")
+                if pool.attr_list("ksize") != [1, 2, 2, 1]:
+                    w.fail(f"node {pool.name!r}: ksize {pool.attr_list('ksize')}, the model pools 2x2")
+                w.same_input(pool, src)
+            act = w.consumer(add.name, "Prelu")
+            w.same_input(act, names["alpha"], 1)
+            w.node(names["alpha"], "Const")
+            w.outputs[path] = act.name
+        else:  # out
+            head = path.split("_head/")[0]
+            conv = w.reader(names["kernel"], "_FusedConv2D")
+            w.expect(conv, stride=3, padding="VALID", fused=["BiasAdd"])
+            w.same_input(conv, src)
+            w.same_input(conv, names["bias"], 2)
+            w.node(names["bias"], "Const")
+            last = conv.name
+            if head == "faceflag":
+                last = w.consumer(last, "Sigmoid").name
+            reshape = w.consumer(last, "Reshape")
+            w.int_const(reshape.inputs[1], [-1, model.HEADS[head][1]])
+            ident = w.consumer(reshape.name, "Identity")
+            sig = graph.signature.get("outputs", {}).get(model.SIGNATURE_OUTPUTS[head], {}).get("name", "")
+            if sig.split(":")[0] != ident.name:
+                w.fail(f"signature output {model.SIGNATURE_OUTPUTS[head]!r} is {sig!r}, the layer table reaches {ident.name!r}")
+    unused = sorted(set(graph.nodes) - w.seen)
+    if unused:
+        w.fail(f"graph nodes not covered by the layer table: {unused[:8]}{' ...' if len(unused) > 8 else ''}")
+
+
+# Bytes per stored value (a quantised weight is stored as its quantization dtype).
+_ITEMSIZE = {"float32": 4, "int32": 4, "bool": 1, "float16": 2, "uint8": 1, "uint16": 2}
+
+
+def _check_shards(files: dict[str, bytes], source: str) -> None:
+    """Shard bytes against the manifest, before parsing: a short or long .bin names itself."""
+    jsons = [k for k in files if k.endswith(".json")]
+    if len(jsons) != 1:
+        raise tfjs_graph.TfjsFormatError(f"{source}: expected one model.json among {sorted(files)}")
+    json_name = jsons[0]
+    try:
+        spec = json.loads(files[json_name])
+    except json.JSONDecodeError as e:
+        raise tfjs_graph.TfjsFormatError(f"{source}: {json_name} is not valid JSON ({e})") from e
+    for group in spec.get("weightsManifest", []):
+        want = 0
+        for wspec in group["weights"]:
+            stored = (wspec.get("quantization") or {}).get("dtype", wspec["dtype"])
+            if stored not in _ITEMSIZE:
+                raise tfjs_graph.TfjsFormatError(f"{source}: weight {wspec['name']!r} has unsupported dtype {stored}")
+            itemsize = _ITEMSIZE[stored]
+            want += int(np.prod([int(d) for d in wspec["shape"]], dtype=np.int64)) * itemsize
+        paths = group["paths"]
+        missing = [p for p in paths if p not in files]
+        if missing:
+            raise tfjs_graph.TfjsFormatError(f"{source}: weight shard(s) {missing} missing")
+        have = sum(len(files[p]) for p in paths)
+        if have != want:
+            raise tfjs_graph.TfjsFormatError(
+                f"{source}: weight shard(s) {', '.join(paths)} hold {have} bytes, {json_name} describes {want} "
+                f"({'truncated' if have < want else 'trailing bytes'}?)")
+
+
+def convert(files: dict[str, bytes], source: str, name: str = "facemesh") -> dict[str, np.ndarray]:
+    """facemesh.json + facemesh.bin (base name -> bytes) -> flat Flax params {'a/b/c': array}."""
+    if name != "facemesh":
+        raise KeyError(f"tfjs_facemesh converts 'facemesh', not {name!r}")
+    _check_shards(files, source)
+    graph = graph_from_files(files, source)
+    check_graph(graph, source)
+    target = _abstract_shapes()
+    table = mapping_table()
+    consts = {n for n, node in graph.nodes.items() if node.op == "Const" and graph.weights[n].dtype == np.float32}
+    used = [const for const, _, _ in table]
+    if sorted(used) != sorted(consts):
+        extra, missing = sorted(consts - set(used)), sorted(set(used) - consts)
+        raise ValueError(f"{source}: float constants not in the mapping table {extra}; table rows without a constant {missing}")
+    flat: dict[str, np.ndarray] = {}
+    for const, key, rule in table:
+        value = TRANSFORMS[rule](graph.weights[const]).astype(np.float32)
+        if key not in target:
+            raise ValueError(f"{source}: mapping row {const!r} -> {key!r}: no such Flax parameter")
+        if tuple(value.shape) != target[key]:
+            raise ValueError(f"{source}: {const!r} gives {key} shape {value.shape}, the model has {target[key]}")
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"{source}: {const!r} holds non-finite values")
+        flat[key] = value
+    missing = sorted(set(target) - set(flat))
+    if missing:
+        raise ValueError(f"{source}: Flax parameters with no mapping row: {missing}")
+    return flat
+
+
+def _abstract_shapes() -> dict[str, tuple[int, ...]]:
+    from flax import nnx
+
+    from leam_jax.models.contract import abstract_flat
+
+    return {k: tuple(v.shape) for k, v in abstract_flat(lambda: model.FaceMesh(rngs=nnx.Rngs(0))).items()}
+
+
+# --- where the weights come from ---------------------------------------------
+
+SOURCES = {"facemesh": human_model_source("facemesh")}

@@ -1,0 +1,253 @@
+"""BlazeFace post-processing: anchors, decoding, weighted NMS, letterboxing.
+
+Pure numpy / JAX (no TF, no cv2); what MediaPipe's ``face_detection_back``
+graph does around the network (SsdAnchorsCalculator,
+TensorsToDetectionsCalculator, NonMaxSuppressionCalculator with the WEIGHTED
+algorithm), written out:
+
+* **anchors**: SSD anchors for a 256x256 input, strides 16 and 32 (2 and 6
+  anchors per cell; MediaPipe's four layers with strides 16, 32, 32, 32
+  merge into these two maps), centres at ``stride * (cell + 0.5)``, fixed
+  size 1 (so regressors are offsets in input pixels);
+* **decoding**: regressor ``[dx, dy, w, h, kx0, ky0, ..., kx5, ky5]`` (input
+  pixels): box centre = anchor + (dx, dy), box size (w, h), keypoint k =
+  anchor + (kxk, kyk); score = sigmoid(logit clipped to +-100);
+* **weighted NMS**: take the highest-scoring remaining detection, gather every
+  remaining detection whose IoU with it exceeds the threshold (itself
+  included), replace box and keypoints by their score-weighted mean, keep the
+  top score, drop the gathered ones, repeat;
+* **letterbox**: scale the image so its long side is 256 (aspect kept),
+  centre it on a black 256x256 canvas; ``x / 127.5 - 1`` maps it to [-1, 1].
+
+Keypoints in MediaPipe order: the subject's right eye, left eye, nose tip,
+mouth centre, right ear tragion, left ear tragion (the subject's right eye is
+on the image left).
+
+Note: @vladmandic/human 3.0.4 feeds this model ``x / 127.5 - 0.5`` (a range
+of [-0.5, 1.5]) and a plain resize without letterbox; we follow MediaPipe's
+[-1, 1] and letterbox, the range the model was trained for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+INPUT_SIZE = 256
+NUM_KEYPOINTS = 6
+KEYPOINT_NAMES = ("right_eye", "left_eye", "nose_tip", "mouth", "right_ear", "left_ear")
+# (stride, anchors per cell) of the two feature maps, in the network's output order.
+ANCHOR_SPEC = ((16, 2), (32, 6))
+SCORE_CLIP = 100.0
+MIN_SCORE = 0.5  # MediaPipe face_detection_back: min_score_thresh
+IOU_THRESHOLD = 0.3  # MediaPipe: min_suppression_threshold
+MAX_DETECTIONS = 16
+
+
+def anchors(size: int = INPUT_SIZE, spec: Sequence[tuple[int, int]] = ANCHOR_SPEC) -> np.ndarray:
+    """Anchor centres (x, y) in input pixels, [896, 2] for the default spec.
+
+    Cells row-major (y outer, x inner), the anchors of one cell consecutive,
+    the 16x16 map before the 8x8 one: the order of the network's outputs.
+    """
+    out = []
+    for stride, per_cell in spec:
+        cells = -(-size // stride)
+        ys, xs = np.meshgrid(np.arange(cells), np.arange(cells), indexing="ij")
+        centres = np.stack([xs, ys], -1).reshape(-1, 1, 2).astype(np.float32) + 0.5
+        out.append(np.repeat(centres * stride, per_cell, axis=1).reshape(-1, 2))
+    return np.concatenate(out, 0)
+
+
+def decode(regressors: jax.Array, logits: jax.Array, anchor_xy: jax.Array | None = None):
+    """Raw network outputs -> boxes, keypoints and scores in input pixels.
+
+    Args:
+      regressors: [..., N, 16]; logits: [..., N, 1] (or [..., N]).
+      anchor_xy: [N, 2] anchor centres in pixels (default ``anchors()``).
+
+    Returns:
+      boxes [..., N, 4] (x1, y1, x2, y2), keypoints [..., N, 6, 2] (x, y),
+      scores [..., N] in (0, 1).
+    """
+    regressors = jnp.asarray(regressors, jnp.float32)
+    if regressors.shape[-1] != 4 + 2 * NUM_KEYPOINTS:
+        raise ValueError(f"regressors need {4 + 2 * NUM_KEYPOINTS} values per anchor, got shape {regressors.shape}")
+    a = jnp.asarray(anchors() if anchor_xy is None else anchor_xy, jnp.float32)
+    if regressors.shape[-2] != a.shape[0]:
+        raise ValueError(f"{regressors.shape[-2]} regressor rows for {a.shape[0]} anchors")
+    logits = jnp.asarray(logits, jnp.float32)
+    if logits.shape[-1:] == (1,) and logits.ndim == regressors.ndim:
+        logits = logits[..., 0]
+    if logits.shape != regressors.shape[:-1]:
+        raise ValueError(f"logits {logits.shape} do not match regressors {regressors.shape}")
+    centre = regressors[..., 0:2] + a
+    half = regressors[..., 2:4] / 2.0
+    boxes = jnp.concatenate([centre - half, centre + half], -1)
+    kps = regressors[..., 4:].reshape(*regressors.shape[:-1], NUM_KEYPOINTS, 2) + a[:, None, :]
+    scores = jax.nn.sigmoid(jnp.clip(logits, -SCORE_CLIP, SCORE_CLIP))
+    return boxes, kps, scores
+
+
+def iou(box: jax.Array, boxes: jax.Array) -> jax.Array:
+    """IoU of one box [4] with boxes [N, 4] (x1, y1, x2, y2); 0 where the union is empty."""
+    lo = jnp.maximum(box[:2], boxes[:, :2])
+    hi = jnp.minimum(box[2:], boxes[:, 2:])
+    inter = jnp.prod(jnp.clip(hi - lo, 0.0), -1)
+    area = lambda b: jnp.prod(jnp.clip(b[..., 2:] - b[..., :2], 0.0), -1)
+    union = area(box) + area(boxes) - inter
+    return jnp.where(union > 0, inter / jnp.where(union > 0, union, 1.0), 0.0)
+
+
+def weighted_nms(boxes: jax.Array, keypoints: jax.Array, scores: jax.Array, *, iou_threshold: float = IOU_THRESHOLD,
+                 min_score: float = MIN_SCORE, max_detections: int = MAX_DETECTIONS):
+    """MediaPipe's weighted non-maximum suppression, with fixed output shapes (jit-friendly).
+
+    Args:
+      boxes [N, 4], keypoints [N, K, 2], scores [N]; detections scoring below
+      ``min_score`` are dropped first; a detection joins a cluster when its
+      IoU with the cluster's top detection is *above* ``iou_threshold``.
+
+    Returns:
+      (boxes [M, 4], keypoints [M, K, 2], scores [M], valid [M] bool) with
+      M = ``max_detections``, clusters by descending top score; rows past the
+      last valid one are zeros.
+    """
+    if boxes.ndim != 2 or boxes.shape[-1] != 4 or scores.shape != boxes.shape[:1] or keypoints.shape[0] != boxes.shape[0]:
+        raise ValueError(f"need boxes [N, 4], keypoints [N, K, 2], scores [N]; got {boxes.shape}, {keypoints.shape}, {scores.shape}")
+    boxes, keypoints, scores = (jnp.asarray(t, jnp.float32) for t in (boxes, keypoints, scores))
+    n = boxes.shape[0]
+    locs = jnp.concatenate([boxes, keypoints.reshape(n, -1)], -1)
+
+    def step(active, _):
+        top = jnp.argmax(jnp.where(active, scores, -jnp.inf))
+        ok = active[top]
+        members = active & (iou(boxes[top], boxes) > iou_threshold) & ok
+        w = jnp.where(members, scores, 0.0)
+        total = jnp.sum(w)
+        merged = jnp.where(ok, jnp.sum(w[:, None] * locs, 0) / jnp.where(ok, total, 1.0), 0.0)
+        return active & ~members, (merged, jnp.where(ok, scores[top], 0.0), ok)
+
+    _, (merged, top_scores, valid) = jax.lax.scan(step, scores >= min_score, None, length=max_detections)
+    return merged[:, :4], merged[:, 4:].reshape(max_detections, *keypoints.shape[1:]), top_scores, valid
+
+
+# --- letterbox: any image <-> the 256x256 network input -----------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Letterbox:
+    """Where the image lies on the canvas: canvas = image * scale + offset (per axis, x then y)."""
+
+    scale: tuple[float, float]
+    offset: tuple[float, float]
+    image_size: tuple[int, int]  # (width, height)
+
+    def to_image(self, points: np.ndarray) -> np.ndarray:
+        """Canvas pixel coordinates [..., 2] (x, y) -> image pixel coordinates."""
+        return (np.asarray(points, np.float64) - np.asarray(self.offset)) / np.asarray(self.scale)
+
+
+def letterbox(image: np.ndarray, size: int = INPUT_SIZE) -> tuple[jax.Array, Letterbox]:
+    """Scale ``image`` [H, W, 3] (uint8 RGB) so its long side is ``size`` and centre it on black.
+
+    Returns (canvas [size, size, 3] float32 in 0..255, the Letterbox). Resampling
+    is linear with antialiasing when shrinking (``jax.image.resize``).
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
+        raise ValueError(f"letterbox needs an RGB image [H, W, 3], got shape {image.shape}")
+    h, w = image.shape[:2]
+    s = size / max(h, w)
+    nw, nh = max(1, round(w * s)), max(1, round(h * s))
+    ox, oy = (size - nw) // 2, (size - nh) // 2
+    resized = jax.image.resize(jnp.asarray(image, jnp.float32), (nh, nw, 3), "linear", antialias=True)
+    canvas = jnp.zeros((size, size, 3), jnp.float32).at[oy:oy + nh, ox:ox + nw].set(jnp.clip(resized, 0.0, 255.0))
+    return canvas, Letterbox(scale=(nw / w, nh / h), offset=(float(ox), float(oy)), image_size=(w, h))
+
+
+def preprocess(canvas: jax.Array) -> jax.Array:
+    """Pixels 0..255 -> the network's [-1, 1] input (``x / 127.5 - 1``), any leading shape."""
+    return jnp.asarray(canvas, jnp.float32) / 127.5 - 1.0
+
+
+# --- detection -----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Detection:
+    """One face in image pixels: box [4] (x1, y1, x2, y2), keypoints [6, 2] (x, y), score."""
+
+    box: np.ndarray
+    keypoints: np.ndarray
+    score: float
+
+    @property
+    def area(self) -> float:
+        return float(max(self.box[2] - self.box[0], 0.0) * max(self.box[3] - self.box[1], 0.0))
+
+
+@functools.partial(jax.jit, static_argnames=("apply",))
+def _network(apply, params, x):
+    return apply(params, x)
+
+
+@functools.partial(jax.jit, static_argnames=("min_score", "iou_threshold", "max_detections"))
+def _postprocess(regressors, logits, *, min_score, iou_threshold, max_detections):
+    boxes, kps, scores = decode(regressors, logits)
+    nms = functools.partial(weighted_nms, iou_threshold=iou_threshold, min_score=min_score, max_detections=max_detections)
+    return jax.vmap(nms)(boxes, kps, scores)
+
+
+def prepare(images: Sequence[np.ndarray]) -> tuple[jax.Array, list[Letterbox]]:
+    """Letterbox and preprocess images (uint8 RGB [H, W, 3], any sizes) -> ([N, 256, 256, 3] in [-1, 1], letterboxes)."""
+    canvases, boxes = zip(*(letterbox(im) for im in images))
+    return preprocess(jnp.stack(canvases)), list(boxes)
+
+
+def run_network(apply: Callable, params, x: jax.Array, *, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Raw outputs (regressors [N, 896, 16], logits [N, 896, 1]) in fixed-size batches (one compile)."""
+    regs, logits = [], []
+    for start in range(0, x.shape[0], batch_size):
+        chunk = x[start:start + batch_size]
+        n = chunk.shape[0]
+        if n < batch_size:
+            chunk = jnp.concatenate([chunk, jnp.zeros((batch_size - n, *chunk.shape[1:]), chunk.dtype)])
+        reg, logit = _network(apply, params, chunk)
+        regs.append(np.asarray(reg[:n]))
+        logits.append(np.asarray(logit[:n]))
+    return np.concatenate(regs), np.concatenate(logits)
+
+
+def detect_many(apply: Callable, params, images: Sequence[np.ndarray], *, min_score: float = MIN_SCORE,
+                iou: float = IOU_THRESHOLD, max_detections: int = MAX_DETECTIONS,
+                batch_size: int = 16) -> list[list[Detection]]:
+    """Faces in each image (any size, uint8 RGB [H, W, 3]), largest first.
+
+    ``apply(params, x [B, 256, 256, 3] in [-1, 1]) -> (regressors, logits)``
+    (e.g. from ``leam_jax.models.blazeface.load()``). Batches have a fixed
+    size (the last one padded), so the network compiles once.
+    """
+    results: list[list[Detection]] = []
+    for start in range(0, len(images), batch_size):
+        x, boxes_of = prepare(images[start:start + batch_size])
+        regressors, logits = run_network(apply, params, x, batch_size=batch_size)
+        out = jax.device_get(_postprocess(regressors, logits, min_score=float(min_score), iou_threshold=float(iou),
+                                          max_detections=int(max_detections)))
+        for i, lb in enumerate(boxes_of):
+            b, k, s, v = (np.asarray(t[i]) for t in out)
+            dets = [Detection(box=lb.to_image(b[j].reshape(2, 2)).reshape(4), keypoints=lb.to_image(k[j]), score=float(s[j]))
+                    for j in np.flatnonzero(v)]
+            results.append(sorted(dets, key=lambda d: -d.area))
+    return results
+
+
+def detect(apply: Callable, params, image: np.ndarray, *, min_score: float = MIN_SCORE, iou: float = IOU_THRESHOLD,
+           max_detections: int = MAX_DETECTIONS) -> list[Detection]:
+    """Faces in one uint8 RGB image [H, W, 3] (any size), largest first. See ``detect_many``."""
+    return detect_many(apply, params, [image], min_score=min_score, iou=iou, max_detections=max_detections, batch_size=1)[0]
