@@ -23,6 +23,15 @@ CONVERTERS = {
     "blazeface": "converters.tfjs_blazeface",
     "blazeface_back": "converters.tfjs_blazeface",
     "facemesh": "converters.tfjs_facemesh",
+    "faceres": "converters.tfjs_recognizers",
+    "faceres_deep": "converters.tfjs_recognizers",
+    "mobileface": "converters.tfjs_recognizers",
+    "mobilefacenet": "converters.tfjs_recognizers",
+    # Architectures for user-supplied weights (--source FILE: .pth or .onnx).
+    "iresnet18": "converters.torch_iresnet",
+    "iresnet34": "converters.torch_iresnet",
+    "iresnet50": "converters.torch_iresnet",
+    "iresnet100": "converters.torch_iresnet",
 }
 
 
@@ -73,8 +82,7 @@ def ensure_converted(name: str, *, force: bool = False, source_file: str | None 
     no-op); a damaged one is an error naming it, rebuilt only with ``force``.
     """
     mod = converter(name)
-    manifest = sources.load_manifest()
-    entry = manifest.get(name, {})
+    entry = sources.load_manifest().get(name, {})
     path = sources.checkpoint_dir() / name
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
     if path.exists() and not force and source_file is None:
@@ -84,6 +92,9 @@ def ensure_converted(name: str, *, force: bool = False, source_file: str | None 
             return path
     if source_file is not None:
         files, src_name, src_spec = _local_files(Path(source_file)), str(source_file), None
+    elif name not in getattr(mod, "SOURCES", {}):
+        raise sources.SourceError(f"{name}: no registry package ships these weights; convert your file with "
+                                  f"python -m converters {name} --source PATH")
     else:
         files, src_name, src_spec = _package_files(mod.SOURCES[name], entry.get("source", {}))
     flat = mod.convert(files, src_name, name)
@@ -93,8 +104,12 @@ def ensure_converted(name: str, *, force: bool = False, source_file: str | None 
             f"{src_name}: converted params digest {digest} differs from the manifest's {entry['converted_sha256']} (converter changed?)"
         )
     checkpoint.save(path, flat)
-    if src_spec is not None:
-        manifest[name] = {"source": src_spec, "checkpoint": name, "converted_sha256": digest, "converter": mod.__name__}
-        sources.save_manifest(manifest)
+    local = src_spec is None
+    if local:  # a user's own file: recorded in the uncommitted local manifest
+        src_spec = {"kind": "file", "path": str(Path(source_file).resolve()),
+                    "member_sha256": {k: sources.sha256_bytes(v) for k, v in files.items()}}
+    manifest = sources.load_manifest(local=False) if not local else sources.read_json(sources.LOCAL_MANIFEST)
+    manifest[name] = {"source": src_spec, "checkpoint": name, "converted_sha256": digest, "converter": mod.__name__}
+    sources.save_manifest(manifest, local=local)
     log(f"{name}: converted {src_name} -> {path} ({len(flat)} arrays, digest {digest[:12]})")
     return path

@@ -17,6 +17,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = REPO_ROOT / "checkpoints" / "manifest.json"
+# Conversions of a user's own files (not committed): same format, kind "file".
+LOCAL_MANIFEST = REPO_ROOT / "checkpoints" / "manifest.local.json"
 
 
 class SourceError(RuntimeError):
@@ -47,19 +49,27 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def load_manifest() -> dict:
-    if not MANIFEST.exists():
+def read_json(path: Path) -> dict:
+    if not path.exists():
         return {}
     try:
-        return json.loads(MANIFEST.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise SourceError(f"{MANIFEST}: not valid JSON ({e})") from e
+        raise SourceError(f"{path}: not valid JSON ({e})") from e
 
 
-def save_manifest(manifest: dict) -> None:
-    tmp = MANIFEST.with_suffix(".json.tmp")
+def load_manifest(*, local: bool = True) -> dict:
+    """The committed manifest, plus (``local``) entries for conversions of users' own files."""
+    merged = read_json(LOCAL_MANIFEST) if local else {}
+    merged.update(read_json(MANIFEST))
+    return merged
+
+
+def save_manifest(manifest: dict, *, local: bool = False) -> None:
+    path = LOCAL_MANIFEST if local else MANIFEST
+    tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, MANIFEST)
+    os.replace(tmp, path)
 
 
 def pip_download(package: str, version: str, archive: str, expected_sha256: str | None) -> Path:

@@ -106,6 +106,7 @@ def isolated_converter(tmp_path, monkeypatch, dlib_dat):
     manifest = tmp_path / "manifest.json"
     manifest.write_text(sources.MANIFEST.read_text() if sources.MANIFEST.exists() else "{}")
     monkeypatch.setattr(sources, "MANIFEST", manifest)
+    monkeypatch.setattr(sources, "LOCAL_MANIFEST", tmp_path / "manifest.local.json")
     monkeypatch.setenv("LEAM_JAX_CHECKPOINTS", str(tmp_path / "checkpoints"))
     return tmp_path
 
