@@ -155,3 +155,14 @@ def test_alignment_auc_within_002_of_dlib_pipeline(pipeline, shared_run, dlib, d
     a_ours, a_dlib = auc(ours), auc(theirs)
     print(f"\nAUC ours {a_ours:.4f} ({len(ours)} images) vs dlib pipeline {a_dlib:.4f} ({len(theirs)} images)")
     assert a_ours >= a_dlib - 0.02
+
+
+def test_pre_aligned_mode_skips_the_detector(pipeline, faces_dir):
+    """dlib chips as pre-aligned input: no detector, the mesh still lands on the face."""
+    items = data.list_people(faces_dir / "dlib_johns")[::5]
+    ok = 0
+    for it in items:
+        face = pipeline.read(it.path, aligned=True)[0]
+        assert face.score == 1.0  # no detection involved
+        ok += face.labels[tuple(np.round(face.frame_mesh[1][::-1]).astype(int))] in NOSE_CLASSES
+    assert ok == len(items)
