@@ -22,3 +22,23 @@ def test_leam_runs_on_every_registry_model(name):
     assert out.embeddings.shape == (2, spec.embedding_dim)
     assert np.isfinite(out.overall).all()
     np.testing.assert_allclose(np.asarray(out.overall).sum((1, 2)), 1.0, atol=1e-4)
+
+
+@pytest.mark.weights
+@pytest.mark.faces
+@pytest.mark.parametrize("name", sorted(n for n, s in REGISTRY.items() if s.weights_here))
+def test_leam_runs_on_every_real_model(name, faces_dir, dlib_dat):
+    """Real converted weights, real faces (dlib chips resized to the model input)."""
+    import cv2
+
+    from leam_jax import data
+    from leam_jax.models import load
+
+    spec = REGISTRY[name]
+    model = load(name)
+    items = data.list_people(faces_dir / "dlib_johns")[:4]
+    x = np.stack([cv2.resize(data.read_rgb(it.path), (spec.input_size, spec.input_size)) for it in items])
+    out = core.leam_maps(model.apply, model.params, jnp.asarray(x, jnp.float32),
+                         person_ids=jnp.array([0, 0, 1, 1]), taps=model.taps)
+    assert np.isfinite(out.overall).all() and not np.asarray(out.overall_flags).any()
+    np.testing.assert_allclose(np.asarray(out.overall).sum((1, 2)), 1.0, atol=1e-4)
