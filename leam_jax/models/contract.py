@@ -92,3 +92,30 @@ def load_converted(name: str, ctor: Callable[[], nnx.Module], *, convert: bool =
     digest = sources.load_manifest().get(name, {}).get("converted_sha256")
     flat = checkpoint.restore(path, expected_digest=digest)
     return from_flat(ctor, flat, str(path))
+
+
+class TapRecorder:
+    """Inside a model's ``__call__``: adds each tap's perturbation and records its activation.
+
+    ``x = tap("name", x)`` at every tap; ``tap.acts`` then holds the taps in
+    forward order. Unknown perturbation names are an error, not ignored.
+    """
+
+    def __init__(self, model: str, taps: tuple[str, ...], perturbations: dict | None):
+        unknown = set(perturbations or {}) - set(taps)
+        if unknown:
+            raise ValueError(f"unknown taps {sorted(unknown)}; {model} taps are {taps}")
+        self.perturbations = perturbations or {}
+        self.acts: dict[str, jax.Array] = {}
+
+    def __call__(self, name: str, x: jax.Array) -> jax.Array:
+        if name in self.perturbations:
+            x = x + self.perturbations[name]
+        self.acts[name] = x
+        return x
+
+
+def check_images(images: jax.Array, size: int, model: str) -> None:
+    """A clear error unless ``images`` is [B, size, size, 3]."""
+    if images.ndim != 4 or tuple(images.shape[1:]) != (size, size, 3):
+        raise ValueError(f"{model} expects images [B, {size}, {size}, 3], got {images.shape}")

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from leam_jax.models.contract import TapRecorder, check_images
+
 INPUT_SIZE = 150
 EMBEDDING_DIM = 128
 # dlib's input_rgb_image_sized defaults; the converter checks the file agrees.
@@ -126,15 +128,8 @@ class DlibResNet(nnx.Module):
         self.fc = nnx.Linear(cin, EMBEDDING_DIM, use_bias=False, rngs=rngs)
 
     def __call__(self, images: jax.Array, perturbations: dict | None = None):
-        if images.ndim != 4 or tuple(images.shape[1:]) != (INPUT_SIZE, INPUT_SIZE, 3):
-            raise ValueError(f"DlibResNet expects images [B, {INPUT_SIZE}, {INPUT_SIZE}, 3], got {images.shape}")
-        acts: dict[str, jax.Array] = {}
-
-        def tap(name: str, x: jax.Array) -> jax.Array:
-            if perturbations is not None and name in perturbations:
-                x = x + perturbations[name]
-            acts[name] = x
-            return x
+        check_images(images, INPUT_SIZE, "DlibResNet")
+        tap = TapRecorder("DlibResNet", TAPS, perturbations)
 
         x = (images.astype(jnp.float32) - jnp.asarray(RGB_MEAN, jnp.float32)) / RGB_SCALE
         x = tap("stem", jax.nn.relu(self.stem_affine(self.stem_conv(x))))
@@ -142,4 +137,4 @@ class DlibResNet(nnx.Module):
         for name, block in zip(block_names(), self.blocks):
             x = tap(name, block(x))
         emb = self.fc(jnp.mean(x, axis=(1, 2)))
-        return emb, acts
+        return emb, tap.acts

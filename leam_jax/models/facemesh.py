@@ -38,6 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from leam_jax.models.contract import TapRecorder, check_images
+
 INPUT_SIZE = 192
 NUM_POINTS = 468
 NUM_CONTOUR_POINTS = 133
@@ -173,18 +175,8 @@ class FaceMesh(nnx.Module):
         the graph's outputs named and shaped as in its signature, and the face
         flag before the graph's sigmoid (node ``conv2d_31/BiasAdd``).
         """
-        if images.ndim != 4 or tuple(images.shape[1:]) != (INPUT_SIZE, INPUT_SIZE, 3):
-            raise ValueError(f"FaceMesh expects images [B, {INPUT_SIZE}, {INPUT_SIZE}, 3], got {images.shape}")
-        unknown = set(perturbations or {}) - set(TAPS)
-        if unknown:
-            raise ValueError(f"unknown taps {sorted(unknown)}; FaceMesh taps are {TAPS}")
-        acts: dict[str, jax.Array] = {}
-
-        def tap(name: str, x: jax.Array) -> jax.Array:
-            if perturbations is not None and name in perturbations:
-                x = x + perturbations[name]
-            acts[name] = x
-            return x
+        check_images(images, INPUT_SIZE, "FaceMesh")
+        tap = TapRecorder("FaceMesh", TAPS, perturbations)
 
         x = tap("stem", self.stem(images.astype(jnp.float32)))
         for i, block in enumerate(self.trunk):
@@ -198,7 +190,7 @@ class FaceMesh(nnx.Module):
             "output_contours": self.contours_head(x),
             "faceflag_logit": logit,
         }
-        return out, acts
+        return out, tap.acts
 
     def __call__(self, images: jax.Array, perturbations: dict | None = None):
         out, _ = self.features(images, perturbations)

@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from leam_jax.models.contract import TapRecorder, check_images
+
 INPUT_SIZE = 224
 EMBEDDING_DIM = 1024
 STEM_WIDTH = 32
@@ -82,23 +84,13 @@ class FaceRes(nnx.Module):
         self.blocks = nnx.List([SeparableBlock(widths[i], c, s, rngs=rngs) for i, (c, s) in enumerate(BLOCKS)])
 
     def __call__(self, images: jax.Array, perturbations: dict | None = None):
-        if images.ndim != 4 or tuple(images.shape[1:]) != (INPUT_SIZE, INPUT_SIZE, 3):
-            raise ValueError(f"FaceRes expects images [B, {INPUT_SIZE}, {INPUT_SIZE}, 3], got {images.shape}")
-        unknown = set(perturbations or {}) - set(TAPS)
-        if unknown:
-            raise ValueError(f"unknown taps {sorted(unknown)}; FaceRes taps are {TAPS}")
-        acts: dict[str, jax.Array] = {}
-
-        def tap(name: str, x: jax.Array) -> jax.Array:
-            if perturbations is not None and name in perturbations:
-                x = x + perturbations[name]
-            acts[name] = x
-            return x
+        check_images(images, INPUT_SIZE, "FaceRes")
+        tap = TapRecorder("FaceRes", TAPS, perturbations)
 
         x = tap("stem", relu6(self.stem(jnp.asarray(images, jnp.float32))))
         for i, block in enumerate(self.blocks):
             x = tap(TAPS[i + 1], block(x))
-        return jnp.mean(x, axis=(1, 2)), acts
+        return jnp.mean(x, axis=(1, 2)), tap.acts
 
 
 def load(name: str = "faceres", *, convert: bool = True):

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from leam_jax.models.contract import TapRecorder, check_images
+
 INPUT_SIZE = 112
 EMBEDDING_DIM = 512
 WIDTHS = (64, 128, 256, 512)
@@ -121,15 +123,8 @@ class IResNet(nnx.Module):
         self.fc = nnx.Linear(cin * FINAL_SIZE * FINAL_SIZE, EMBEDDING_DIM, rngs=rngs)  # + folded features BN
 
     def __call__(self, images: jax.Array, perturbations: dict | None = None):
-        if images.ndim != 4 or tuple(images.shape[1:]) != (INPUT_SIZE, INPUT_SIZE, 3):
-            raise ValueError(f"IResNet expects images [B, {INPUT_SIZE}, {INPUT_SIZE}, 3], got {images.shape}")
-        acts: dict[str, jax.Array] = {}
-
-        def tap(name: str, x: jax.Array) -> jax.Array:
-            if perturbations is not None and name in perturbations:
-                x = x + perturbations[name]
-            acts[name] = x
-            return x
+        check_images(images, INPUT_SIZE, "IResNet")
+        tap = TapRecorder("IResNet", TAPS[self.depth], perturbations)
 
         # float32 compute; float64 inputs stay float64 (parity checks under jax x64 with float64 params).
         x = images if images.dtype == jnp.float64 else images.astype(jnp.float32)
@@ -138,4 +133,4 @@ class IResNet(nnx.Module):
         for name, block in zip(block_names(self.depth), self.blocks):
             x = tap(name, block(x))
         x = self.bn2(x).reshape(x.shape[0], -1)  # NHWC flatten; the converter permutes fc rows
-        return self.fc(x), acts
+        return self.fc(x), tap.acts

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from leam_jax.models.contract import TapRecorder, check_images
+
 INPUT_SIZE = 112
 EMBEDDING_DIM = 256
 STEM_WIDTH = 32
@@ -98,25 +100,15 @@ class MobileFace(nnx.Module):
         self.bn_offset = nnx.Param(jnp.zeros((EMBEDDING_DIM,), jnp.float32))
 
     def __call__(self, images: jax.Array, perturbations: dict | None = None):
-        if images.ndim != 4 or tuple(images.shape[1:]) != (INPUT_SIZE, INPUT_SIZE, 3):
-            raise ValueError(f"MobileFace expects images [B, {INPUT_SIZE}, {INPUT_SIZE}, 3], got {images.shape}")
-        unknown = set(perturbations or {}) - set(TAPS)
-        if unknown:
-            raise ValueError(f"unknown taps {sorted(unknown)}; MobileFace taps are {TAPS}")
-        acts: dict[str, jax.Array] = {}
-
-        def tap(name: str, x: jax.Array) -> jax.Array:
-            if perturbations is not None and name in perturbations:
-                x = x + perturbations[name]
-            acts[name] = x
-            return x
+        check_images(images, INPUT_SIZE, "MobileFace")
+        tap = TapRecorder("MobileFace", TAPS, perturbations)
 
         x = (jnp.asarray(images, jnp.float32) - MEAN) * SCALE
         x = tap("stem", prelu(self.stem(x), self.stem_gamma[...]))
         for i, stage in enumerate(self.stages):
             x = tap(TAPS[i + 1], stage(x))
         x = x.reshape(x.shape[0], -1)
-        return self.dense(x) * self.bn_scale[...] + self.bn_offset[...], acts
+        return self.dense(x) * self.bn_scale[...] + self.bn_offset[...], tap.acts
 
 
 def load(*, convert: bool = True):
