@@ -23,7 +23,7 @@ import json
 import numpy as np
 
 from converters import tfjs_graph
-from converters.tfjs_sources import graph_from_files, human_model_source
+from converters.tfjs_sources import apply_mapping, graph_from_files, human_model_source
 from leam_jax.models import facemesh as model
 
 P = "StatefulPartitionedCall/model_1/"
@@ -319,24 +319,7 @@ def convert(files: dict[str, bytes], source: str, name: str = "facemesh") -> dic
     target = _abstract_shapes()
     table = mapping_table()
     consts = {n for n, node in graph.nodes.items() if node.op == "Const" and graph.weights[n].dtype == np.float32}
-    used = [const for const, _, _ in table]
-    if sorted(used) != sorted(consts):
-        extra, missing = sorted(consts - set(used)), sorted(set(used) - consts)
-        raise ValueError(f"{source}: float constants not in the mapping table {extra}; table rows without a constant {missing}")
-    flat: dict[str, np.ndarray] = {}
-    for const, key, rule in table:
-        value = TRANSFORMS[rule](graph.weights[const]).astype(np.float32)
-        if key not in target:
-            raise ValueError(f"{source}: mapping row {const!r} -> {key!r}: no such Flax parameter")
-        if tuple(value.shape) != target[key]:
-            raise ValueError(f"{source}: {const!r} gives {key} shape {value.shape}, the model has {target[key]}")
-        if not np.all(np.isfinite(value)):
-            raise ValueError(f"{source}: {const!r} holds non-finite values")
-        flat[key] = value
-    missing = sorted(set(target) - set(flat))
-    if missing:
-        raise ValueError(f"{source}: Flax parameters with no mapping row: {missing}")
-    return flat
+    return apply_mapping(graph, table, TRANSFORMS, consts, target, source)
 
 
 def _abstract_shapes() -> dict[str, tuple[int, ...]]:

@@ -21,7 +21,7 @@ import numpy as np
 
 from converters import tfjs_graph
 from converters.tfjs_facemesh import GraphWalker, check_shards
-from converters.tfjs_sources import graph_from_files, human_model_source
+from converters.tfjs_sources import apply_mapping, graph_from_files, human_model_source
 from leam_jax.models import faceres, mobileface
 
 # How a graph constant becomes a Flax array: the rules, in one place.
@@ -295,24 +295,7 @@ def convert(files: dict[str, bytes], source: str, name: str) -> dict[str, np.nda
     weights = {n for n, node in graph.nodes.items()
                if node.op == "Const" and graph.weights[n].dtype == np.float32 and graph.weights[n].ndim >= 1
                and n not in head_consts and graph.weights[n].size > 1}
-    used = [const for const, _, _ in table]
-    if sorted(used) != sorted(weights):
-        extra, missing = sorted(weights - set(used)), sorted(set(used) - weights)
-        raise ValueError(f"{source}: weight constants not in the mapping table {extra}; table rows without a constant {missing}")
-    flat: dict[str, np.ndarray] = {}
-    for const, key, rule in table:
-        value = TRANSFORMS[rule](graph.weights[const]).astype(np.float32)
-        if key not in target:
-            raise ValueError(f"{source}: mapping row {const!r} -> {key!r}: no such Flax parameter")
-        if tuple(value.shape) != target[key]:
-            raise ValueError(f"{source}: {const!r} gives {key} shape {value.shape}, the model has {target[key]}")
-        if not np.all(np.isfinite(value)):
-            raise ValueError(f"{source}: {const!r} holds non-finite values")
-        flat[key] = value
-    missing = sorted(set(target) - set(flat))
-    if missing:
-        raise ValueError(f"{source}: Flax parameters with no mapping row: {missing}")
-    return flat
+    return apply_mapping(graph, table, TRANSFORMS, weights, target, source)
 
 
 # --- where the weights come from -------------------------------------------------------------

