@@ -4,29 +4,11 @@
 // Writes out_dir/output.f32 (the forward output) and out_dir/grad.f32 ([B,H,W,3]).
 const fs = require('fs');
 const path = require('path');
-const tf = require('@tensorflow/tfjs');
-
-function readF32(p) {
-  const raw = fs.readFileSync(p);
-  return new Float32Array(raw.buffer.slice(raw.byteOffset, raw.byteOffset + raw.byteLength));
-}
+const { loadModel, readF32, tf } = require('./load_model');
 
 async function main() {
   const [modelPath, inputPath, shapeJson, cotPath, outDir, outputName] = process.argv.slice(2);
-  await tf.setBackend('cpu');
-  const spec = JSON.parse(fs.readFileSync(modelPath, 'utf8'));
-  const weightSpecs = [];
-  const buffers = [];
-  for (const group of spec.weightsManifest) {
-    weightSpecs.push(...group.weights);
-    for (const p of group.paths) buffers.push(fs.readFileSync(path.join(path.dirname(modelPath), p)));
-  }
-  const all = Buffer.concat(buffers);
-  const weightData = all.buffer.slice(all.byteOffset, all.byteOffset + all.byteLength);
-  const handler = { load: async () => ({ modelTopology: spec.modelTopology, weightSpecs, weightData,
-    format: spec.format, generatedBy: spec.generatedBy, convertedBy: spec.convertedBy,
-    signature: spec.signature, userDefinedMetadata: spec.userDefinedMetadata }) };
-  const model = await tf.loadGraphModel(handler);
+  const model = await loadModel(modelPath);
   const input = tf.tensor(readF32(inputPath), JSON.parse(shapeJson), 'float32');
   const out = model.execute(input, outputName);
   const cot = tf.tensor(readF32(cotPath), out.shape, 'float32');
