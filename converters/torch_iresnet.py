@@ -104,8 +104,8 @@ def mapping_table(depth: int) -> list[tuple[str, str, str, str]]:
     for b, (p, cin, cout, stride) in enumerate(block_prefixes(depth)):
         f = f"blocks/{b}"
         rows += [
-            (f"{p}.bn1", "scale", f"{f}/bn1/scale", "identity"),
-            (f"{p}.bn1", "shift", f"{f}/bn1/shift", "identity"),
+            (f"{p}.bn1", "scale", f"{f}/bn1/gamma", "identity"),
+            (f"{p}.bn1", "shift", f"{f}/bn1/beta", "identity"),
             (f"{p}.conv1", "weight", f"{f}/conv1/kernel", "oihw_to_hwio"),
             (f"{p}.conv1", "bias", f"{f}/conv1/bias", "identity"),
             (f"{p}.prelu", "weight", f"{f}/prelu/alpha", "identity"),
@@ -118,8 +118,8 @@ def mapping_table(depth: int) -> list[tuple[str, str, str, str]]:
                 (f"{p}.downsample", "bias", f"{f}/downsample/bias", "identity"),
             ]
     rows += [
-        ("bn2", "scale", "bn2/scale", "identity"),
-        ("bn2", "shift", "bn2/shift", "identity"),
+        ("bn2", "scale", "bn2/gamma", "identity"),
+        ("bn2", "shift", "bn2/beta", "identity"),
         ("fc", "weight", "fc/kernel", "linear_nchw_flatten"),
         ("fc", "bias", "fc/bias", "identity"),
     ]

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from leam_jax.models.contract import TapRecorder, check_images
+from leam_jax.models.layers import Affine
 
 INPUT_SIZE = 150
 EMBEDDING_DIM = 128
@@ -50,17 +51,6 @@ def block_names() -> list[str]:
 # Named taps in forward order: stem after ReLU (72x72), after max-pool (35x35),
 # then every residual block output (after its final ReLU).
 TAPS = ("stem", "stem_pool", *block_names())
-
-
-class Affine(nnx.Module):
-    """dlib's affine_ layer (folded batch norm): y = gamma * x + beta per channel."""
-
-    def __init__(self, channels: int):
-        self.gamma = nnx.Param(jnp.ones((channels,), jnp.float32))
-        self.beta = nnx.Param(jnp.zeros((channels,), jnp.float32))
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return x * self.gamma[...] + self.beta[...]
 
 
 def _conv(cin: int, cout: int, k: int, stride: int, *, rngs: nnx.Rngs) -> nnx.Conv:

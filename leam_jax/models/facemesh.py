@@ -39,6 +39,7 @@ import numpy as np
 from flax import nnx
 
 from leam_jax.models.contract import TapRecorder, check_images
+from leam_jax.models.layers import prelu
 
 INPUT_SIZE = 192
 NUM_POINTS = 468
@@ -75,11 +76,6 @@ _HIGHEST = jax.lax.Precision.HIGHEST  # no TF32 on GPUs: parity is float32
 def preprocess(images: jax.Array) -> jax.Array:
     """uint8-range RGB [B, 192, 192, 3] (0..255) -> the model's input range [0, 1]."""
     return jnp.asarray(images, jnp.float32) / 255.0
-
-
-def prelu(x: jax.Array, alpha: jax.Array) -> jax.Array:
-    """TF.js ``Prelu``: ``x`` where ``x >= 0``, else ``alpha * x`` (alpha per channel, last axis)."""
-    return jnp.where(x >= 0, x, alpha * x)
 
 
 def _pad_channels(x: jax.Array, channels: int) -> jax.Array:

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from leam_jax.models.contract import TapRecorder, check_images
+from leam_jax.models.layers import Affine, prelu
 
 INPUT_SIZE = 112
 EMBEDDING_DIM = 512
@@ -51,17 +52,6 @@ def taps(depth: int) -> tuple[str, ...]:
 TAPS = {depth: taps(depth) for depth in LAYERS}
 
 
-class Affine(nnx.Module):
-    """Eval-mode batch norm as y = x * scale + shift per channel."""
-
-    def __init__(self, channels: int):
-        self.scale = nnx.Param(jnp.ones((channels,), jnp.float32))
-        self.shift = nnx.Param(jnp.zeros((channels,), jnp.float32))
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return x * self.scale[...] + self.shift[...]
-
-
 class PReLU(nnx.Module):
     """Per-channel PReLU: max(0, x) + alpha * min(0, x)."""
 
@@ -69,7 +59,7 @@ class PReLU(nnx.Module):
         self.alpha = nnx.Param(jnp.full((channels,), 0.25, jnp.float32))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return jnp.where(x >= 0, x, x * self.alpha[...])
+        return prelu(x, self.alpha[...])
 
 
 def _conv(cin: int, cout: int, k: int, stride: int, *, rngs: nnx.Rngs) -> nnx.Conv:

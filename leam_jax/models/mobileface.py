@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from leam_jax.models.contract import TapRecorder, check_images
+from leam_jax.models.layers import prelu
 
 INPUT_SIZE = 112
 EMBEDDING_DIM = 256
@@ -39,11 +40,6 @@ TAPS = ("stem", "stage1", "stage2", "stage3", "stage4")
 
 _HIGHEST = jax.lax.Precision.HIGHEST  # no TF32 on GPUs: parity is float32
 _PAD1 = ((1, 1), (1, 1))
-
-
-def prelu(x: jax.Array, gamma: jax.Array) -> jax.Array:
-    """The graph's ``Maximum(0, x) + gamma * Minimum(0, x)``."""
-    return jnp.maximum(0.0, x) + gamma * jnp.minimum(0.0, x)
 
 
 def _depthwise(c: int, stride: int, rngs: nnx.Rngs) -> nnx.Conv:
