@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from leam_jax import core, stats
+from leam_jax.batching import batched
 
 
 @dataclasses.dataclass
@@ -36,8 +37,6 @@ def dense_ids(persons: list[str]) -> np.ndarray:
 
 
 def embed_all(model, images: np.ndarray, batch_size: int) -> np.ndarray:
-    from leam_jax.job import batched
-
     fn = jax.jit(lambda x: model.apply(model.params, x)[0])
     return batched(fn, images, batch_size)
 

@@ -38,6 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from leam_jax.batching import batched
+
 INPUT_SIZE = 256
 NUM_KEYPOINTS = 6
 KEYPOINT_NAMES = ("right_eye", "left_eye", "nose_tip", "mouth", "right_ear", "left_ear")
@@ -212,16 +214,7 @@ def prepare(images: Sequence[np.ndarray]) -> tuple[jax.Array, list[Letterbox]]:
 
 def run_network(apply: Callable, params, x: jax.Array, *, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """Raw outputs (regressors [N, 896, 16], logits [N, 896, 1]) in fixed-size batches (one compile)."""
-    regs, logits = [], []
-    for start in range(0, x.shape[0], batch_size):
-        chunk = x[start:start + batch_size]
-        n = chunk.shape[0]
-        if n < batch_size:
-            chunk = jnp.concatenate([chunk, jnp.zeros((batch_size - n, *chunk.shape[1:]), chunk.dtype)])
-        reg, logit = _network(apply, params, chunk)
-        regs.append(np.asarray(reg[:n]))
-        logits.append(np.asarray(logit[:n]))
-    return np.concatenate(regs), np.concatenate(logits)
+    return batched(lambda chunk: _network(apply, params, chunk), x, batch_size)
 
 
 def detect_many(apply: Callable, params, images: Sequence[np.ndarray], *, min_score: float = MIN_SCORE,

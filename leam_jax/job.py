@@ -11,10 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from leam_jax import data, models
+from leam_jax.batching import batched
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "faces" / "dlib_johns"
@@ -29,18 +29,6 @@ class JobConfig:
     max_people: int = 0
     max_images_per_person: int = 0
     seed: int = 0
-
-
-def batched(fn: Callable[[jax.Array], jax.Array], images: np.ndarray, batch_size: int) -> np.ndarray:
-    """Apply ``fn`` over fixed-shape batches; the last one is zero-padded and cut."""
-    out = []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start : start + batch_size]
-        n = len(chunk)
-        if n < batch_size:
-            chunk = np.concatenate([chunk, np.zeros((batch_size - n, *chunk.shape[1:]), chunk.dtype)])
-        out.append(np.asarray(fn(jnp.asarray(chunk)))[:n])
-    return np.concatenate(out) if out else np.zeros((0,))
 
 
 def _write_atomic(path: Path, text: str) -> None:
