@@ -20,6 +20,7 @@ from leam_jax import checkpoint
 # Model name -> converter module; imported on use.
 CONVERTERS = {
     "dlib_resnet": "converters.dlib_resnet",
+    "dlib_resnet_faceapi": "converters.faceapi_dlib",
     "blazeface": "converters.tfjs_blazeface",
     "blazeface_back": "converters.tfjs_blazeface",
     "facemesh": "converters.tfjs_facemesh",
@@ -32,6 +33,10 @@ CONVERTERS = {
     "iresnet34": "converters.torch_iresnet",
     "iresnet50": "converters.torch_iresnet",
     "iresnet100": "converters.torch_iresnet",
+    "mobilefacenet_onnx": "converters.onnx_mobilefacenet",  # insightface mbf (w600k_mbf.onnx); not the TF.js one above
+    "facenet": "converters.facenet_pytorch",  # facenet-pytorch InceptionResnetV1 state dict (.pt)
+    # The 19-class face-parsing BiSeNet (a parser, not a recognizer): --source 79999_iter.pth.
+    "bisenet": "converters.torch_bisenet",
 }
 
 

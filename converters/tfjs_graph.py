@@ -85,7 +85,8 @@ def read_weights(manifest: list[Mapping], shards: list[bytes], source: str) -> d
             raw = np.frombuffer(buffer, _STORED[stored], count, offset).reshape(shape)
             offset += nbytes
             if quant and stored in ("uint8", "uint16"):
-                value = raw.astype(np.float32) * np.float32(quant["scale"]) + np.float32(quant["min"])
+                # In double precision, then rounded once, as TF.js does (JS numbers are doubles).
+                value = (raw.astype(np.float64) * float(quant["scale"]) + float(quant["min"])).astype(np.float32)
             elif quant and stored == "float16":
                 value = raw.astype(np.float32)
             elif dtype == "bool":

@@ -353,6 +353,8 @@ _CONST_OPS = {
     "Squeeze": _squeeze,
     "Reshape": lambda ins, at: ins[0].reshape([int(d) if d != 0 else ins[0].shape[i] for i, d in enumerate(ins[1])]),
     "Cast": lambda ins, at: ins[0].astype(np.float64) if ins[0].dtype.kind == "f" else ins[0],
+    # A bias-less Linear's weight in an export without constant folding (MobileFaceNet's GDC head).
+    "Transpose": lambda ins, at: np.transpose(ins[0], at.get("perm")),
 }
 
 

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from leam_jax import alignment, data, detection, face_regions
-from leam_jax.models import blazeface, facemesh
+from leam_jax.models import bisenet, blazeface, facemesh
 
 # Mesh vertices behind the 5 analysis points, image-left first for an upright
 # face (the subject's right eye is on the image left).
@@ -37,11 +37,17 @@ MESH_DLIB5 = (263, 362, 33, 133, 2)
 MIN_FACE_PX = 24  # a face box below this side (pixels) is rejected: too little detail to align
 MESH_CROP_SCALE = 1.5  # mesh crop side / face size (MediaPipe-style margin)
 
+# Face parsers behind AlignedFace.labels (FacePipeline(parser=...)).
+PARSERS = ("mesh", "bisenet")
+
 # Model input templates: name -> (side, kind, padding).
 TEMPLATES = {
     "dlib150": (150, "dlib", 0.25),
     "arcface112": (112, "arcface", 0.0),
     "square224": (224, "arcface", 0.1),
+    # FaceNet (facenet-pytorch) 160x160: the ArcFace template scaled to 160 (eyes 0.31 of the side apart, close
+    # to the ~0.34 of FaceNet's MTCNN crops with a 32 px margin; facenet-pytorch itself crops boxes, unaligned).
+    "facenet160": (160, "arcface", 0.0),
 }
 
 
@@ -58,6 +64,9 @@ class AlignedFace:
     image_to_frame: np.ndarray  # [2, 3]
     frame: np.ndarray  # [S, S, 3] uint8, the face in the analysis frame
     labels: np.ndarray  # [S, S] int, face_regions.CLASSES ids
+    # parser="bisenet" only: [S, S] int, the 19 BiSeNet (CelebAMask-HQ) class ids
+    # (leam_jax.models.bisenet.CLASSES); ``labels`` is then their mapping to face_regions.CLASSES.
+    labels19: np.ndarray | None = None
 
     @property
     def frame_mesh(self) -> np.ndarray:
@@ -111,10 +120,26 @@ def _mesh_net(apply, params, crops):
 
 
 class FacePipeline:
-    """Detector + mesh with converted weights; one instance serves a whole sweep."""
+    """Detector + mesh with converted weights; one instance serves a whole sweep.
+
+    ``parser`` chooses the face parser behind ``AlignedFace.labels``: ``"mesh"``
+    (default) rasterises the mesh polygons (:mod:`leam_jax.face_regions`);
+    ``"bisenet"`` runs the 19-class BiSeNet on the analysis frame
+    (:func:`leam_jax.models.bisenet.bisenet_labels`) with ``parser_params``
+    (default: the user's converted checkpoint, ``python -m converters bisenet
+    --source 79999_iter.pth``), keeps its labels in ``AlignedFace.labels19`` and
+    maps them to ``face_regions.CLASSES`` (:func:`~leam_jax.models.bisenet.to_face_classes`).
+    """
 
     def __init__(self, *, min_face_px: int = MIN_FACE_PX, min_score: float = detection.MIN_SCORE,
-                 all_faces: bool = False, frame_size: int = alignment.ANALYSIS_SIZE):
+                 all_faces: bool = False, frame_size: int = alignment.ANALYSIS_SIZE,
+                 parser: str = "mesh", parser_params=None):
+        if parser not in PARSERS:
+            raise ValueError(f"parser must be one of {PARSERS}, got {parser!r}")
+        self.parser = parser
+        self.parser_params = parser_params
+        if parser == "bisenet" and parser_params is None:
+            self.parser_params = bisenet.load()[1]
         self.det_apply, self.det_params = blazeface.load()
         self.mesh_apply, self.mesh_params = facemesh.load()
         self.min_face_px = min_face_px
@@ -184,8 +209,13 @@ class FacePipeline:
             p5 = mesh_points5(mesh)
             to_frame = alignment.image_to_template(p5, self.template)
             frame = _warp(image, alignment.invert_affine(to_frame), (self.frame_size, self.frame_size))
-            labels = face_regions.label_map(_apply(to_frame, mesh[:, :2]), (self.frame_size, self.frame_size))
-            out.append(AlignedFace(str(path), i, d.score, d.box, mesh, p5, to_frame, frame, labels))
+            labels19 = None
+            if self.parser == "bisenet":
+                labels19 = bisenet.bisenet_labels(frame[None], self.parser_params)[0]
+                labels = bisenet.to_face_classes(labels19)
+            else:
+                labels = face_regions.label_map(_apply(to_frame, mesh[:, :2]), (self.frame_size, self.frame_size))
+            out.append(AlignedFace(str(path), i, d.score, d.box, mesh, p5, to_frame, frame, labels, labels19))
         return out
 
     def read(self, path: str | Path, *, aligned: bool = False) -> list[AlignedFace]:

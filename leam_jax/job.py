@@ -1,4 +1,4 @@
-"""The batch job behind ``python -m leam_jax.main`` (no flag parsing here)."""
+"""The study behind ``python -m leam_jax.main`` (no flag parsing here): inputs -> sweep -> tables -> report."""
 
 from __future__ import annotations
 
@@ -11,107 +11,180 @@ from collections.abc import Callable
 from pathlib import Path
 
 import jax
-import numpy as np
 
-from leam_jax import data, models
-from leam_jax.batching import batched
+from leam_jax import core, inputs, models, stats, sweep, tables
+from leam_jax.face_pipeline import TEMPLATES
+from leam_jax.loader import Loader
+from leam_jax.shard_compute import ComputeConfig, ModelWorker, compute_shard
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "faces" / "dlib_johns"
+# The real models that verify (benchmarks/zoo_verification.py); the default of --models.
+DEFAULT_MODELS = ("dlib_resnet", "faceres", "faceres_deep", "mobileface")
 
 
 @dataclasses.dataclass(frozen=True)
 class JobConfig:
-    models: tuple[str, ...] = ("dlib_resnet",)
-    data_dir: str | None = None
+    models: tuple[str, ...] = DEFAULT_MODELS
+    data_dir: str | None = None  # one folder per person
+    manifest: str | None = None  # CSV: path, person, attributes...
+    aligned: bool = False  # inputs are pre-aligned face chips (skip the detector)
     output_dir: Path = Path("runs/default")
+    target: str = "identity"
+    weightings: tuple[str, ...] = core.WEIGHTINGS
+    taps: tuple[str, ...] = ()  # empty: every tap; else tap names or model/tap
+    group_by: tuple[str, ...] = ()  # manifest columns to break statistics down by (empty: low-cardinality ones)
+    top_percents: tuple[float, ...] = (1.0, 5.0, 10.0)
+    occlusion_fills: tuple[str, ...] = (stats.DEFAULT_FILL,)
+    occlusion_percents: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0)
+    random_seeds: int = 3
+    transfer_percent: float = 1.0
     batch_size: int = 32
+    shard_size: int = 64
     max_people: int = 0
     max_images_per_person: int = 0
+    resume: bool = False
     seed: int = 0
+    loader_threads: int = 2
+    prefetch: int = 1
+    report: bool = True
+    # Multi-host (jax.distributed): each process takes every num_processes-th shard.
+    coordinator_address: str | None = None
+    num_processes: int = 1
+    process_index: int = 0
+    wait_timeout_s: float = 24 * 3600.0
+    stop_after_shards: int | None = None  # tests: stop as a crash would
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def select_taps(model_taps: dict[str, tuple[str, ...]], wanted: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """``--taps``: plain names apply to every model that has them, ``model/tap`` to one model."""
+    if not wanted:
+        return dict(model_taps)
+    used, out = set(), {}
+    for m, taps in model_taps.items():
+        keep = tuple(t for t in taps if t in wanted or f"{m}/{t}" in wanted)
+        if not keep:
+            raise ValueError(f"--taps selects no tap of model {m}; its taps are {list(taps)}")
+        used |= {t for t in wanted if t in keep or t in {f'{m}/{k}' for k in keep}}
+        out[m] = keep
+    unknown = [t for t in wanted if t not in used]
+    if unknown:
+        raise ValueError(f"--taps {unknown} match no tap of {list(model_taps)}")
+    return out
+
+
+def _sources(config: JobConfig) -> tuple[list[inputs.Source], str, bool]:
+    """(sources, a description, all_faces)."""
+    caps = dict(max_people=config.max_people, max_images_per_person=config.max_images_per_person)
+    if config.data_dir and config.manifest:
+        raise ValueError("give --data_dir or --manifest, not both")
+    if config.manifest:
+        return inputs.from_manifest(config.manifest, **caps), f"manifest {config.manifest}", False
+    if config.data_dir:
+        return inputs.from_data_dir(config.data_dir, **caps), f"data_dir {config.data_dir}", False
+    # Built-in default: group photos; every face is analysed as its own identity.
+    return inputs.builtin_samples(), "built-in sample photos (every face its own id)", True
 
 
 def run(config: JobConfig, log: Callable[[str], None] = print) -> dict:
-    out_dir = Path(config.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    data_dir = config.data_dir
-    if data_dir is None and DEFAULT_DATA_DIR.is_dir():
-        data_dir = str(DEFAULT_DATA_DIR)
-    summary: dict = {"data_dir": data_dir, "models": {}, "failures": 0}
-    failures: list[tuple[str, str]] = []
     t0 = time.perf_counter()
-    for name in config.models:
-        model = models.load(name)
-        size = model.input_size
-        if data_dir is not None:
-            items = data.list_people(data_dir, max_people=config.max_people,
-                                     max_images_per_person=config.max_images_per_person)
-            chips, kept = [], []
-            for item in items:
-                try:
-                    chips.append(data.read_aligned_chip(item.path, size))
-                    kept.append(item)
-                except data.ImageError as e:
-                    if name == config.models[0]:
-                        failures.append((e.path, e.reason))
-                    log(f"skipped {e}")
-            images = np.stack(chips) if chips else np.zeros((0, size, size, 3), np.uint8)
-            persons = [it.person for it in kept]
-            paths = [it.path for it in kept]
-        else:
-            log(f"no --data_dir and no {DEFAULT_DATA_DIR}: running a smoke test on 8 noise chips")
-            rng = np.random.default_rng(config.seed)
-            images = rng.integers(0, 256, (8, size, size, 3), dtype=np.uint8)
-            persons = [f"noise{i}" for i in range(8)]
-            paths = [f"<noise:{i}>" for i in range(8)]
-        embed = jax.jit(lambda x, m=model: m.apply(m.params, x)[0])
-        t_model = time.perf_counter()
-        emb = batched(embed, images, config.batch_size) if len(images) else np.zeros((0, model.embedding_dim))
-        elapsed = time.perf_counter() - t_model
-        np.savez_compressed(out_dir / f"embeddings_{name}.npz", embeddings=emb.astype(np.float32),
-                            persons=np.array(persons), paths=np.array(paths))
-        stats = _verification(emb, persons, models.REGISTRY[name].verify_threshold)
-        stats.update(images=len(images), people=len(set(persons)), seconds=round(elapsed, 3))
-        summary["models"][name] = stats
-    summary["failures"] = len(failures)
-    with open(out_dir / "failures.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "reason"])
-        w.writerows(failures)
+    if config.target not in ("identity", "self"):
+        raise ValueError(f"--target must be identity or self for a sweep (pair/contrast: use the API), "
+                         f"got {config.target!r}")
+    for w in config.weightings:
+        if w not in core.WEIGHTINGS:
+            raise ValueError(f"unknown weighting {w!r}; choose from {core.WEIGHTINGS}")
+    for f in config.occlusion_fills:
+        if f not in stats.FILLS:
+            raise ValueError(f"unknown occlusion fill {f!r}; choose from {stats.FILLS}")
+    for m in config.models:
+        if m not in models.REGISTRY:
+            raise ValueError(f"unknown model {m!r}; known: {sorted(models.REGISTRY)}")
+    if config.coordinator_address:
+        jax.distributed.initialize(config.coordinator_address, config.num_processes, config.process_index)
+    sources, described, all_faces = _sources(config)
+    specs = {m: models.REGISTRY[m] for m in config.models}
+    taps = select_taps({m: s.taps for m, s in specs.items()}, tuple(config.taps))
+    mesh = core.batch_mesh()
+    if config.batch_size % mesh.devices.size:
+        raise ValueError(f"--batch_size {config.batch_size} must be a multiple of the {mesh.devices.size} devices")
+    compute_cfg = ComputeConfig(
+        weightings=tuple(config.weightings), target=config.target, top_percents=tuple(config.top_percents),
+        occlusion_percents=tuple(config.occlusion_percents), occlusion_fills=tuple(config.occlusion_fills),
+        random_seeds=config.random_seeds, transfer_percent=config.transfer_percent, batch_size=config.batch_size,
+        seed=config.seed)
+    settings = {
+        **{k: v for k, v in dataclasses.asdict(compute_cfg).items()},
+        "models": list(config.models), "taps": {m: list(t) for m, t in taps.items()},
+        "templates": {m: s.template for m, s in specs.items()}, "aligned": config.aligned,
+        "all_faces": all_faces, "shard_size": config.shard_size, "inputs": described,
+        "group_by": list(config.group_by),
+    }
+    settings = json.loads(json.dumps(settings))  # tuples -> lists, as run.json stores them
+    shards = sweep.plan_shards(sources, config.shard_size)
+    out = Path(config.output_dir)
+    store = sweep.ShardStore(out, process_index=config.process_index)
+    store.open(sweep.fingerprint(settings, shards), resume=config.resume, shared=config.num_processes > 1)
+    log(f"leam_jax: {len(sources)} images ({described}) in {len(shards)} shards; models {list(config.models)}; "
+        f"weightings {list(config.weightings)}; {mesh.devices.size} device(s)")
+
+    workers = [ModelWorker(models.load(m), template=specs[m].template, taps=taps[m], config=compute_cfg, mesh=mesh)
+               for m in config.models]
+    from leam_jax.face_pipeline import FacePipeline  # loads the detector and mesh weights
+
+    loader = Loader(FacePipeline(all_faces=all_faces), sorted({s.template for s in specs.values()}),
+                    aligned=config.aligned, all_faces=all_faces, threads=config.loader_threads,
+                    prefetch=config.prefetch)
+    for t in {s.template for s in specs.values()}:
+        if t not in TEMPLATES:
+            raise ValueError(f"model template {t!r} unknown to the face pipeline")
+    try:
+        computed = sweep.run_shards(
+            shards, store, loader.iterate, lambda faces, key: compute_shard(workers, faces, key, compute_cfg),
+            process_index=config.process_index, num_processes=config.num_processes,
+            progress=sweep.Progress(sum(len(s) for s in shards)), stop_after=config.stop_after_shards)
+    finally:
+        loader.close()
+    summary = {"config": settings, "output_dir": str(out.resolve()), "images": len(sources),
+               "shards": len(shards), "computed_shards_this_run": computed, "models": list(config.models),
+               "weightings": list(config.weightings)}
+    if config.stop_after_shards is not None and len(store.done()) < len(shards):
+        summary["stopped"] = True
+        return summary
+    if config.process_index != 0:
+        summary["report"] = f"process {config.process_index}: shards done; process 0 writes the tables"
+        return summary
+    sweep.wait_for_all(store, len(shards), timeout_s=config.wait_timeout_s)
+    counts = tables.write_tables(out, [store.load(i) for i in range(len(shards))], settings)
+    summary.update(counts)
     summary["seconds"] = round(time.perf_counter() - t0, 3)
-    _write_atomic(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    lines = [f"leam_jax: data {data_dir or '<built-in noise chips>'}"]
-    for name, s in summary["models"].items():
-        acc = "n/a" if s["pair_accuracy"] is None else f"{s['pair_accuracy']:.4f}"
-        lines.append(
-            f"  {name}: embedded {s['images']} images of {s['people']} people in {s['seconds']} s; "
-            f"{s['same_pairs']} same / {s['diff_pairs']} different pairs, accuracy at threshold "
-            f"{s['threshold']}: {acc}; mean distance same {s['mean_dist_same']} vs different {s['mean_dist_diff']}"
-        )
-    lines.append(f"  rejected inputs: {len(failures)} (failures.csv); outputs in {out_dir.resolve()}")
-    summary["report"] = "\n".join(lines)
+    _write_json(out / "summary.json", summary)
+    report_path = None
+    if config.report:
+        from leam_jax import report
+
+        report_path = report.write_report(out)
+    summary["report"] = _describe(out, summary, report_path)
     return summary
 
 
-def _verification(emb: np.ndarray, persons: list[str], threshold: float | None) -> dict:
-    n = len(persons)
-    if n < 2:
-        return {"threshold": threshold, "same_pairs": 0, "diff_pairs": 0, "pair_accuracy": None,
-                "mean_dist_same": None, "mean_dist_diff": None}
-    dist = np.linalg.norm(emb[:, None] - emb[None], axis=-1)
-    iu = np.triu_indices(n, 1)
-    same = (np.array(persons)[:, None] == np.array(persons)[None])[iu]
-    d = dist[iu]
-    acc = None if threshold is None else float(((d < threshold) == same).mean())
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
 
-    def mean(x):
-        return None if x.size == 0 else round(float(x.mean()), 4)
 
-    return {"threshold": threshold, "same_pairs": int(same.sum()), "diff_pairs": int((~same).sum()),
-            "pair_accuracy": acc, "mean_dist_same": mean(d[same]), "mean_dist_diff": mean(d[~same])}
+def _describe(out: Path, summary: dict, report_path) -> str:
+    lines = [f"leam_jax: {summary['faces']} faces of {summary['people']} ids from {summary['images']} images; "
+             f"{summary['failures']} rejected (failures.csv)"]
+    with open(out / "tables" / "headline.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    lines.append("  model / weighting: BC same vs different (p) | eyes+brows+nose share at top 1% (area) | "
+                 "Δcos top-1% LEAM vs random")
+    for r in rows:
+        lines.append(f"  {r['model']} / {r['weighting']}: {r['bc_same'] or 'n/a'} vs {r['bc_diff'] or 'n/a'} "
+                     f"(p={r['bc_p_value'] or 'n/a'}) | {r['critical_share']} ({r['critical_area_share']}) | "
+                     f"{r['dcos_leam_1']} vs {r['dcos_random_1']}")
+    lines.append(f"  tables: {out.resolve() / 'tables'}")
+    if report_path is not None:
+        lines.append(f"  report: {Path(report_path).resolve()}")
+    return "\n".join(lines)
+

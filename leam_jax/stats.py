@@ -23,6 +23,7 @@ FILLS = ("zero", "mean", "blur", "noise")
 # which then swamps the comparison with contiguous LEAM regions; results for
 # every fill are reported side by side by the study tool.
 DEFAULT_FILL = "mean"
+_RANK_STEPS = float(2**16)  # top-p% ranking resolution (see top_percent_mask)
 
 
 # ---------------------------------------------------------------------------
@@ -32,12 +33,18 @@ DEFAULT_FILL = "mean"
 def top_percent_mask(maps: jax.Array, percent: float) -> jax.Array:
     """Boolean mask of exactly the top ``percent``% pixels of each [..., H, W] map.
 
-    Ties are broken by pixel index (``lax.top_k`` order), so the count is exact.
+    Values are compared on a grid of 2^-16 of each map's maximum, and ties are
+    broken by pixel index (``lax.top_k`` order), so the count is exact and the
+    mask does not flip with last-bit float noise (another device count or
+    batch size): upsampled coarse maps are full of values equal in exact
+    arithmetic.
     """
     h, w = maps.shape[-2:]
     k = top_k_count(h * w, percent)
-    flat = maps.reshape(-1, h * w)
-    _, idx = jax.lax.top_k(flat, k)
+    flat = maps.reshape(-1, h * w).astype(jnp.float32)
+    peak = jnp.max(jnp.abs(flat), axis=-1, keepdims=True)
+    ranked = jnp.round(flat / jnp.where(peak > 0, peak, 1.0) * _RANK_STEPS)
+    _, idx = jax.lax.top_k(ranked, k)
     mask = jnp.zeros(flat.shape, bool).at[jnp.arange(flat.shape[0])[:, None], idx].set(True)
     return mask.reshape(maps.shape)
 
@@ -219,3 +226,39 @@ def random_occlusion_delta(
         masks = random_masks(mk, (b, h, w), percent)
         deltas.append(occlusion_delta(embed_fn, images, masks, references, fill=fill, key=fk, clean_embeddings=clean))
     return jnp.mean(jnp.stack(deltas), axis=0)
+
+
+# ---------------------------------------------------------------------------
+# Region statistics (maps and a label map in the same frame).
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["share", "mass", "area"], meta_fields=[])
+@dataclasses.dataclass(frozen=True)
+class RegionStats:
+    """Per-image region statistics for C classes and P top-percent thresholds.
+
+    share: [B, P, C] fraction of each map's top-p% pixels that fall in class c.
+    mass:  [B, C] map mass in class c.
+    area:  [B, C] fraction of the frame's pixels in class c.
+    Enrichment is ``share / area`` (left to the caller: area may be 0).
+    """
+
+    share: jax.Array
+    mass: jax.Array
+    area: jax.Array
+
+
+def region_stats(maps: jax.Array, labels: jax.Array, *, num_classes: int, percents: tuple[float, ...]) -> RegionStats:
+    """Critical-region shares, mass and area per class. maps [B, H, W], labels [B, H, W] ints."""
+    if maps.shape != labels.shape or maps.ndim != 3:
+        raise ValueError(f"maps and labels must both be [B, H, W], got {maps.shape} and {labels.shape}")
+    b, h, w = maps.shape
+    flat_labels = labels.reshape(b, -1).astype(jnp.int32)
+    per_class = jax.vmap(lambda v, lab: jax.ops.segment_sum(v, lab, num_segments=num_classes))
+    mass = per_class(maps.reshape(b, -1).astype(jnp.float32), flat_labels)
+    area = per_class(jnp.ones((b, h * w), jnp.float32), flat_labels) / (h * w)
+    shares = []
+    for p in percents:
+        top = top_percent_mask(maps, p).reshape(b, -1).astype(jnp.float32)
+        shares.append(per_class(top, flat_labels) / top_k_count(h * w, p))
+    return RegionStats(jnp.stack(shares, axis=1), mass, area)

@@ -24,6 +24,7 @@ from flax import nnx
 from converters import torch_iresnet as conv
 from leam_jax import checkpoint, core
 from leam_jax.models import contract, iresnet
+from tests.torch_randomize import EmbGrad
 
 torch = pytest.importorskip("torch", reason="PyTorch (the IResNet source runtime) not installed")
 pytestmark = pytest.mark.torch
@@ -70,7 +71,7 @@ class Source:
         self.images = _images()
         self.emb, self.grad = _torch_emb_grad(self.net, self.images, torch.float32)
         self.emb64, self.grad64 = _torch_emb_grad(copy.deepcopy(self.net).double(), self.images, torch.float64)
-        self._jitted: dict = {}
+        self.emb_and_grad = EmbGrad(COMPONENT)
 
     def flat(self, fmt: str) -> dict[str, np.ndarray]:
         path = self.pth if fmt == "pth" else self.onnx
@@ -81,18 +82,6 @@ class Source:
 
     def jax_apply(self, fmt: str):
         return contract.from_flat(self.ctor, self.flat(fmt), fmt)
-
-    def emb_and_grad(self, apply, params, images):
-        """JAX embeddings [B, 512] and d sum_b emb[b, COMPONENT] / d images, one compile per depth and dtype."""
-        key = images.dtype
-        if key not in self._jitted:
-            def f(p, x):
-                emb = apply(p, x)[0]
-                return emb[:, COMPONENT].sum(), emb
-
-            self._jitted[key] = jax.jit(jax.value_and_grad(f, argnums=1, has_aux=True))
-        (_, emb), grad = self._jitted[key](params, jnp.asarray(images))
-        return np.asarray(emb), np.asarray(grad)
 
 
 @pytest.fixture(scope="module")

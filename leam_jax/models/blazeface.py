@@ -33,6 +33,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from leam_jax.models.layers import DepthwiseConv, depthwise_conv2d, shifted_views
+
 INPUT_SIZE = 256
 NUM_ANCHORS = 896
 NUM_COORDS = 16  # box (x_center, y_center, w, h) + 6 keypoints (x, y)
@@ -63,44 +65,12 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
     return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "SAME")
 
 
-def same_pads(size: int, k: int, stride: int) -> tuple[int, int]:
-    """TF/XLA "SAME" padding of one axis: the odd pixel goes at the end."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + k - size, 0)
-    return total // 2, total - total // 2
-
-
-def _taps(x: jax.Array, k: int, stride: int, padding: str) -> list[jax.Array]:
-    """The k*k shifted (strided) views of ``x`` [B, H, W, C] a k x k window sees, row-major over the window."""
-    h, w = x.shape[1:3]
-    if padding == "SAME":
-        (pt, pb), (pl, pr) = same_pads(h, k, stride), same_pads(w, k, stride)
-    elif padding == "VALID":
-        pt = pb = pl = pr = 0
-    else:
-        raise ValueError(f"padding {padding!r}: SAME or VALID")
-    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-    ho, wo = (h + pt + pb - k) // stride + 1, (w + pl + pr - k) // stride + 1
-    return [xp[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :]
-            for i in range(k) for j in range(k)]
-
-
 def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array, *, stride: int = 1, padding: str = "SAME") -> jax.Array:
     """Dense convolution + bias by im2col: x [B, H, W, Cin], kernel [k, k, Cin, Cout] (HWIO)."""
     k = kernel.shape[0]
-    cols = x if (k == 1 and stride == 1) else jnp.concatenate(_taps(x, k, stride, padding), axis=-1)
+    cols = x if (k == 1 and stride == 1) else jnp.concatenate(shifted_views(x, k, stride, padding), axis=-1)
     w = kernel.reshape(-1, kernel.shape[-1])  # (i, j, c) row-major, as the taps are concatenated
     return jnp.einsum("bhwc,cd->bhwd", cols, w, precision=jax.lax.Precision.HIGHEST) + bias
-
-
-def depthwise_conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding: str = "SAME") -> jax.Array:
-    """Depthwise convolution (multiplier 1) by shifted slices: x [B, H, W, C], kernel [k, k, 1, C]."""
-    k = kernel.shape[0]
-    taps = _taps(x, k, stride, padding)
-    out = taps[0] * kernel[0, 0, 0]
-    for n, t in enumerate(taps[1:], 1):
-        out = out + t * kernel[n // k, n % k, 0]
-    return out
 
 
 def blaze_block(x: jax.Array, dw_kernel: jax.Array, pw_kernel: jax.Array, pw_bias: jax.Array, *, stride: int) -> jax.Array:
@@ -132,18 +102,6 @@ class Conv(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return conv2d(x, self.kernel[...], self.bias[...], stride=self.stride, padding=self.padding)
-
-
-class DepthwiseConv(nnx.Module):
-    """Depthwise k x k convolution, channel multiplier 1, no bias (TF ``DepthwiseConv2dNative``)."""
-
-    def __init__(self, c: int, k: int = 3, *, stride: int = 1, padding: str = "SAME", rngs: nnx.Rngs):
-        self.k, self.stride, self.padding = k, stride, padding
-        init = nnx.initializers.lecun_normal()
-        self.kernel = nnx.Param(init(rngs.params(), (k, k, 1, c), jnp.float32))
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return depthwise_conv2d(x, self.kernel[...], stride=self.stride, padding=self.padding)
 
 
 def _depthwise(c: int, stride: int, *, rngs: nnx.Rngs) -> DepthwiseConv:

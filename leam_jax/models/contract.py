@@ -66,8 +66,8 @@ def abstract_flat(ctor: Callable[[], nnx.Module]) -> dict[str, jax.ShapeDtypeStr
 def from_flat(ctor: Callable[[], nnx.Module], flat: Mapping[str, np.ndarray], source: str) -> tuple[ApplyFn, nnx.State]:
     """Build ``(apply, params)`` with weights merged strictly into the target."""
     merged = checkpoint.strict_merge(abstract_flat(ctor), flat, source)
-    module = ctor()
-    apply, params = pure(module)
+    # An abstract module: its random initialisers never run (eagerly they cost seconds per model).
+    apply, params = pure(nnx.eval_shape(ctor))
     pure_dict = params.to_pure_dict()
     nested = checkpoint.unflatten(merged)
 

@@ -39,7 +39,7 @@ import numpy as np
 from flax import nnx
 
 from leam_jax.models.contract import TapRecorder, check_images
-from leam_jax.models.layers import prelu
+from leam_jax.models.layers import DepthwiseConv, prelu
 
 INPUT_SIZE = 192
 NUM_POINTS = 468
@@ -112,8 +112,7 @@ class Block(nnx.Module):
             raise ValueError(f"a stride-1 block keeps its width, got {cin} -> {cout}")
         self.stride = stride
         self.cout = cout
-        self.dw = nnx.Conv(cin, cin, (3, 3), strides=stride, padding="SAME", feature_group_count=cin,
-                           use_bias=False, precision=_HIGHEST, rngs=rngs)
+        self.dw = DepthwiseConv(cin, 3, stride=stride, padding="SAME", rngs=rngs)
         self.pw = nnx.Conv(cin, cout, (1, 1), padding="VALID", precision=_HIGHEST, rngs=rngs)
         self.alpha = nnx.Param(jnp.full((cout,), 0.25, jnp.float32))
 

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from leam_jax.models.contract import TapRecorder, check_images
+from leam_jax.models.layers import DepthwiseConv
 
 INPUT_SIZE = 224
 EMBEDDING_DIM = 1024
@@ -55,8 +56,7 @@ class SeparableBlock(nnx.Module):
     """Depthwise 3x3 -> scale + bias -> ReLU6 -> 1x1 conv + bias -> ReLU6."""
 
     def __init__(self, cin: int, cout: int, stride: int, *, rngs: nnx.Rngs):
-        self.dw = nnx.Conv(cin, cin, (3, 3), strides=stride, padding="SAME", feature_group_count=cin,
-                           use_bias=False, precision=_HIGHEST, rngs=rngs)
+        self.dw = DepthwiseConv(cin, 3, stride=stride, padding="SAME", rngs=rngs)
         self.dw_scale = nnx.Param(jnp.ones((cin,), jnp.float32))
         self.dw_bias = nnx.Param(jnp.zeros((cin,), jnp.float32))
         self.pw = nnx.Conv(cin, cout, (1, 1), padding="SAME", precision=_HIGHEST, rngs=rngs)

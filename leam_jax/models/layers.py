@@ -24,3 +24,64 @@ def prelu(x: jax.Array, alpha: jax.Array) -> jax.Array:
     Equal, value for value, to TF's ``Prelu`` and to ``max(0, x) + alpha * min(0, x)``.
     """
     return jnp.where(x >= 0, x, alpha * x)
+
+
+# Depthwise and small convolutions by shifted slices: XLA:CPU runs grouped
+# convolutions (feature_group_count) 8-15x slower than this, and every
+# MobileNet-style model here is mostly 3x3 depthwise layers. Weights are held
+# exactly as nnx.Conv holds them (``kernel`` [k, k, 1, C], ``bias`` [C]), so
+# converted checkpoints do not change.
+
+Padding = str | tuple[tuple[int, int], tuple[int, int]]
+
+
+def same_pads(size: int, k: int, stride: int) -> tuple[int, int]:
+    """TF/XLA "SAME" padding of one axis: the odd pixel goes at the end."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + k - size, 0)
+    return total // 2, total - total // 2
+
+
+def shifted_views(x: jax.Array, k: int, stride: int, padding: Padding) -> list[jax.Array]:
+    """The k*k shifted (strided) views of ``x`` [B, H, W, C] a k x k window sees, row-major over the window.
+
+    ``padding``: ``SAME``, ``VALID`` or explicit ((top, bottom), (left, right)).
+    """
+    h, w = x.shape[1:3]
+    if padding == "SAME":
+        (pt, pb), (pl, pr) = same_pads(h, k, stride), same_pads(w, k, stride)
+    elif padding == "VALID":
+        pt = pb = pl = pr = 0
+    elif isinstance(padding, tuple) and len(padding) == 2:
+        (pt, pb), (pl, pr) = padding
+    else:
+        raise ValueError(f"padding {padding!r}: SAME, VALID or ((top, bottom), (left, right))")
+    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    ho, wo = (h + pt + pb - k) // stride + 1, (w + pl + pr - k) // stride + 1
+    return [xp[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :]
+            for i in range(k) for j in range(k)]
+
+
+def depthwise_conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding: Padding = "SAME") -> jax.Array:
+    """Depthwise convolution (multiplier 1) by shifted slices: x [B, H, W, C], kernel [k, k, 1, C]."""
+    k = kernel.shape[0]
+    views = shifted_views(x, k, stride, padding)
+    out = views[0] * kernel[0, 0, 0]
+    for n, t in enumerate(views[1:], 1):
+        out = out + t * kernel[n // k, n % k, 0]
+    return out
+
+
+class DepthwiseConv(nnx.Module):
+    """Depthwise k x k convolution, channel multiplier 1 (TF ``DepthwiseConv2dNative``; PyTorch groups=C)."""
+
+    def __init__(self, c: int, k: int = 3, *, stride: int = 1, padding: Padding = "SAME", use_bias: bool = False,
+                 kernel_init=None, rngs: nnx.Rngs):
+        self.k, self.stride, self.padding = k, stride, padding
+        init = kernel_init or nnx.initializers.lecun_normal()
+        self.kernel = nnx.Param(init(rngs.params(), (k, k, 1, c), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((c,), jnp.float32)) if use_bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = depthwise_conv2d(x, self.kernel[...], stride=self.stride, padding=self.padding)
+        return y if self.bias is None else y + self.bias[...]

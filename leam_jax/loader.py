@@ -1,0 +1,101 @@
+"""Streaming preprocessing for a sweep: decode, detect, align and parse in worker threads.
+
+Each image becomes zero or more :class:`FaceInput` (its faces in the analysis
+frame with their label maps, and each model template's input crop warped from
+the photo) or a rejection ``(path, reason)``. Shards are submitted ahead of
+the device (``prefetch``), so decoding overlaps the LEAM work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+
+from leam_jax import data
+from leam_jax.inputs import Source
+
+
+@dataclasses.dataclass
+class FaceInput:
+    source: Source
+    face_index: int
+    person: str  # the id statistics group by (for --all_faces: one id per face)
+    labels: np.ndarray  # [F, F] uint8 face_regions classes in the analysis frame
+    crops: dict[str, np.ndarray]  # template -> [S, S, 3] uint8 model input
+    frame_to_model: dict[str, np.ndarray]  # template -> [2, 3] analysis frame px -> model input px
+
+
+@dataclasses.dataclass
+class LoadedShard:
+    faces: list[FaceInput]
+    failures: list[tuple[str, str]]  # (path, reason), in input order
+
+
+def prepare_image(pipeline, source: Source, templates: Sequence[str], *, aligned: bool,
+                  all_faces: bool) -> list[FaceInput]:
+    """One image -> its faces (raises :class:`data.ImageError` with the reason)."""
+    image = data.read_rgb(source.path)
+    faces = pipeline.faces(image, source.path, aligned=aligned)
+    out = []
+    for face in faces if all_faces else faces[:1]:
+        crops, f2m = {}, {}
+        for t in templates:
+            crops[t], f2m[t] = pipeline.model_input(image, face, t)
+        person = f"{source.person}#{face.face_index}" if all_faces else source.person
+        out.append(FaceInput(source, face.face_index, person, face.labels.astype(np.uint8), crops, f2m))
+    return out
+
+
+def _safe(pipeline, source, templates, aligned, all_faces):
+    try:
+        return prepare_image(pipeline, source, templates, aligned=aligned, all_faces=all_faces)
+    except data.ImageError as e:
+        return (e.path, e.reason)
+    except Exception as e:  # noqa: BLE001 - a bad file must not stop the sweep; the reason is kept
+        return (source.path, f"could not process ({type(e).__name__}: {e})")
+
+
+class Loader:
+    """Prepares shards in a thread pool, ``prefetch`` shards ahead of the consumer."""
+
+    def __init__(self, pipeline, templates: Sequence[str], *, aligned: bool = False, all_faces: bool = False,
+                 threads: int = 2, prefetch: int = 1):
+        self.pipeline = pipeline
+        self.templates = tuple(templates)
+        self.aligned = aligned
+        self.all_faces = all_faces
+        self.prefetch = max(0, prefetch)
+        self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="leam-loader")
+
+    def _submit(self, shard: Sequence[Source]) -> list[Future]:
+        return [self._pool.submit(_safe, self.pipeline, s, self.templates, self.aligned, self.all_faces)
+                for s in shard]
+
+    def iterate(self, shards: Sequence[Sequence[Source]]) -> Iterator[LoadedShard]:
+        """Loaded shards in order; up to ``prefetch`` later shards are in flight meanwhile."""
+        pending: list[list[Future]] = []
+        nxt = 0
+        try:
+            for _ in range(len(shards)):
+                while nxt < len(shards) and len(pending) <= self.prefetch:
+                    pending.append(self._submit(shards[nxt]))
+                    nxt += 1
+                futures = pending.pop(0)
+                faces, failures = [], []
+                for fut in futures:
+                    result = fut.result()
+                    if isinstance(result, tuple):
+                        failures.append(result)
+                    else:
+                        faces.extend(result)
+                yield LoadedShard(faces, failures)
+        finally:
+            for futures in pending:
+                for fut in futures:
+                    fut.cancel()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,225 @@
+"""The sweep engine: a shard plan, atomic shard files, a manifest of what is done, resume.
+
+Shards hold whole people (so leave-one-out references never cross a shard)
+and are numbered in input order. Each finished shard is written to
+``shards/NNNNN.npz`` through a temporary file and ``os.replace``, then
+recorded with its sha256 in ``shards/done.p<process>.json`` (also replaced
+atomically). A killed sweep leaves at worst a stray ``.tmp``; ``--resume``
+verifies the recorded shards and computes only the rest. Everything a shard
+holds depends only on its inputs and the run's settings, so a resumed run's
+tables equal an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from leam_jax.inputs import Source
+
+SHARD_DIR = "shards"
+
+
+class SweepError(RuntimeError):
+    """The output folder cannot take this run (another run's results, missing shards)."""
+
+
+def plan_shards(sources: Sequence[Source], shard_size: int) -> list[list[Source]]:
+    """Consecutive groups of whole people, at most ``shard_size`` images each (a person
+    with more images gets a shard alone)."""
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    people: dict[str, list[Source]] = {}
+    for s in sources:
+        people.setdefault(s.person, []).append(s)
+    shards, cur = [], []
+    for imgs in people.values():
+        if cur and len(cur) + len(imgs) > shard_size:
+            shards.append(cur)
+            cur = []
+        cur = cur + imgs
+    if cur:
+        shards.append(cur)
+    return shards
+
+
+def fingerprint(settings: dict, shards: Sequence[Sequence[Source]]) -> dict:
+    """What must match for a resume: the settings and a digest of the shard plan."""
+    h = hashlib.sha256()
+    for i, shard in enumerate(shards):
+        for s in shard:
+            h.update(json.dumps([i, s.path, s.person, list(s.attrs)]).encode())
+    return {"settings": settings, "plan_sha256": h.hexdigest(), "shards": len(shards)}
+
+
+def _write_atomic(path: Path, payload: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def shard_name(index: int) -> str:
+    return f"{index:05d}"
+
+
+class ShardStore:
+    """Shard files and the per-process manifests of an output folder."""
+
+    def __init__(self, out_dir: Path, *, process_index: int = 0):
+        self.out_dir = Path(out_dir)
+        self.dir = self.out_dir / SHARD_DIR
+        self.process_index = process_index
+        self._manifest_path = self.dir / f"done.p{process_index}.json"
+
+    def open(self, fp: dict, *, resume: bool, shared: bool = False) -> None:
+        """Create the folder for this run, or check that it holds the same run (``resume``;
+        ``shared``: processes of one multi-host run open the same folder)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        run_file = self.out_dir / "run.json"
+        if run_file.exists():
+            old = json.loads(run_file.read_text())
+            if not (resume or (shared and old == fp)):
+                raise SweepError(f"{self.out_dir} already holds a run; pass --resume to continue it "
+                                 "or choose a new --output_dir")
+            if old != fp:
+                diff = sorted(k for k in set(old.get("settings", {})) | set(fp["settings"])
+                              if old.get("settings", {}).get(k) != fp["settings"].get(k))
+                what = f"settings differ: {diff}" if diff else "the input list differs"
+                raise SweepError(f"{self.out_dir} holds a different run ({what}); use a new --output_dir")
+        else:
+            _write_atomic(run_file, (json.dumps(fp, indent=2, sort_keys=True) + "\n").encode())
+
+    def done(self) -> dict[str, dict]:
+        """Recorded shards of every process whose file is present and intact."""
+        out = {}
+        for manifest in sorted(self.dir.glob("done.p*.json")):
+            for name, rec in json.loads(manifest.read_text()).items():
+                f = self.dir / f"{name}.npz"
+                if f.is_file() and _sha256(f) == rec["sha256"]:
+                    out[name] = rec
+        return out
+
+    def write(self, index: int, arrays: dict[str, np.ndarray], record: dict) -> None:
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        name = shard_name(index)
+        path = self.dir / f"{name}.npz"
+        _write_atomic(path, buf.getvalue())
+        mine = json.loads(self._manifest_path.read_text()) if self._manifest_path.exists() else {}
+        mine[name] = {**record, "sha256": _sha256(path)}
+        _write_atomic(self._manifest_path, (json.dumps(mine, indent=1, sort_keys=True) + "\n").encode())
+
+    def load(self, index: int) -> dict[str, np.ndarray]:
+        with np.load(self.dir / f"{shard_name(index)}.npz", allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+
+
+@dataclasses.dataclass
+class Progress:
+    """A one-line progress bar with rate and ETA on stderr."""
+
+    total: int
+    stream: object = sys.stderr
+    done: int = 0
+    _t0: float = dataclasses.field(default_factory=time.perf_counter)
+    _counted: int = 0  # images done in this process (the rate excludes resumed work)
+
+    def skip(self, n: int) -> None:
+        self.done += n
+
+    def update(self, n: int, note: str = "") -> None:
+        self.done += n
+        self._counted += n
+        dt = time.perf_counter() - self._t0
+        rate = self._counted / dt if dt > 0 else 0.0
+        left = (self.total - self.done) / rate if rate > 0 else float("nan")
+        eta = "?" if left != left else f"{int(left // 60)}m{int(left % 60):02d}s"
+        width = 30
+        fill = int(width * self.done / max(self.total, 1))
+        line = (f"[{'#' * fill}{'.' * (width - fill)}] {self.done}/{self.total} images "
+                f"{rate:.1f} img/s ETA {eta} {note}")
+        tty = getattr(self.stream, "isatty", lambda: False)()
+        print(("\r" + line) if tty else line, end="" if tty else "\n", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if getattr(self.stream, "isatty", lambda: False)():
+            print(file=self.stream)
+
+
+def run_shards(
+    shards: Sequence[Sequence[Source]],
+    store: ShardStore,
+    load_iter: Callable[[Sequence[Sequence[Source]]], object],
+    compute: Callable[[list, str], dict[str, np.ndarray]],
+    *,
+    process_index: int = 0,
+    num_processes: int = 1,
+    progress: Progress | None = None,
+    stop_after: int | None = None,
+) -> int:
+    """Compute this process's missing shards in order. Returns how many were computed.
+
+    ``load_iter(shards)`` yields loaded shards in order (faces, failures);
+    ``compute(faces, shard_key)`` gives the arrays to store. ``stop_after``
+    (tests) stops after that many shards, as a crash would.
+    """
+    done = store.done()
+    mine = [i for i in range(len(shards)) if i % num_processes == process_index]
+    todo = [i for i in mine if shard_name(i) not in done]
+    if progress is not None:
+        progress.skip(sum(len(shards[i]) for i in mine if i not in todo))
+    computed = 0
+    for i, loaded in zip(todo, load_iter([shards[i] for i in todo])):
+        arrays = compute(loaded.faces, shard_name(i)) if loaded.faces else {}
+        arrays.update(_meta_arrays(loaded))
+        store.write(i, arrays, {"faces": len(loaded.faces), "failures": len(loaded.failures),
+                                "images": len(shards[i])})
+        computed += 1
+        if progress is not None:
+            progress.update(len(shards[i]), f"shard {i + 1}/{len(shards)}")
+        if stop_after is not None and computed >= stop_after:
+            break
+    if progress is not None:
+        progress.close()
+    return computed
+
+
+def _meta_arrays(loaded) -> dict[str, np.ndarray]:
+    faces = loaded.faces
+    return {
+        "meta/path": np.array([f.source.path for f in faces], dtype=str),
+        "meta/person": np.array([f.person for f in faces], dtype=str),
+        "meta/face_index": np.array([f.face_index for f in faces], np.int32),
+        "meta/attrs": np.array([json.dumps(list(f.source.attrs)) for f in faces], dtype=str),
+        "meta/labels": (np.stack([f.labels for f in faces]) if faces else np.zeros((0, 1, 1), np.uint8)),
+        "fail/path": np.array([p for p, _ in loaded.failures], dtype=str),
+        "fail/reason": np.array([r for _, r in loaded.failures], dtype=str),
+    }
+
+
+def wait_for_all(store: ShardStore, n_shards: int, *, timeout_s: float, poll_s: float = 5.0) -> None:
+    """Process 0 of a multi-host run waits until every shard is recorded."""
+    t0 = time.perf_counter()
+    while True:
+        missing = [i for i in range(n_shards) if shard_name(i) not in store.done()]
+        if not missing:
+            return
+        if time.perf_counter() - t0 > timeout_s:
+            raise SweepError(f"{len(missing)} shard(s) not done after {timeout_s:.0f} s, e.g. {missing[:5]}")
+        time.sleep(poll_s)

@@ -1,0 +1,174 @@
+"""The study tool's parts without weights: inputs, shard plan, resume store, statistics, tables."""
+
+import csv
+import itertools
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from leam_jax import core, face_regions, inputs, stats, sweep, tables
+from leam_jax.job import select_taps
+from leam_jax.shard_compute import loo_references_np
+
+
+def test_plan_shards_keeps_people_whole_and_in_order():
+    src = [inputs.Source(f"{p}/{i}.jpg", p) for p, k in (("a", 3), ("b", 2), ("c", 5), ("d", 1)) for i in range(k)]
+    shards = sweep.plan_shards(src, 4)
+    assert [[s.person for s in sh] for sh in shards] == [["a"] * 3, ["b"] * 2, ["c"] * 5, ["d"]]
+    assert [s for sh in shards for s in sh] == src
+    assert [len(sh) for sh in sweep.plan_shards(src, 100)] == [11]
+    with pytest.raises(ValueError, match="shard_size"):
+        sweep.plan_shards(src, 0)
+
+
+def test_manifest_inputs(tmp_path):
+    (tmp_path / "m.csv").write_text("path,person,gender\nx/1.jpg,p1,female\n/abs/2.jpg,p1,female\nx/3.jpg,p2,male\n"
+                                    "x/4.jpg,p3,male\n")
+    got = inputs.from_manifest(tmp_path / "m.csv", max_people=2, max_images_per_person=1)
+    assert [(s.path, s.person, s.attrs) for s in got] == [
+        (str(tmp_path / "x/1.jpg"), "p1", (("gender", "female"),)), (str(tmp_path / "x/3.jpg"), "p2", (("gender", "male"),))]
+    (tmp_path / "bad.csv").write_text("file,who\na,b\n")
+    with pytest.raises(inputs.InputError, match=r"bad.csv: missing column\(s\) \['path', 'person'\]"):
+        inputs.from_manifest(tmp_path / "bad.csv")
+    (tmp_path / "empty.csv").write_text("path,person\n")
+    with pytest.raises(inputs.InputError, match="empty.csv: no rows"):
+        inputs.from_manifest(tmp_path / "empty.csv")
+    with pytest.raises(inputs.InputError, match="nothere.csv: cannot read manifest"):
+        inputs.from_manifest(tmp_path / "nothere.csv")
+    with pytest.raises(inputs.InputError, match="data directory not found"):
+        inputs.from_data_dir(tmp_path / "nodir")
+
+
+def test_select_taps():
+    taps = {"a": ("t1", "t2", "t3"), "b": ("t1", "u2")}
+    assert select_taps(taps, ()) == taps
+    assert select_taps(taps, ("t1",)) == {"a": ("t1",), "b": ("t1",)}
+    assert select_taps(taps, ("a/t3", "t1")) == {"a": ("t1", "t3"), "b": ("t1",)}
+    with pytest.raises(ValueError, match="selects no tap of model b"):
+        select_taps(taps, ("t2",))
+    with pytest.raises(ValueError, match=r"\['zz'\] match no tap"):
+        select_taps(taps, ("t1", "zz"))
+
+
+def test_loo_references_np_matches_core():
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(7, 5)).astype(np.float32)
+    persons = ["a", "b", "a", "c", "b", "a", "d"]
+    ids = jnp.asarray(np.unique(persons, return_inverse=True)[1].reshape(-1))
+    want = np.asarray(core.loo_references(jnp.asarray(emb), ids, num_people=7)[0])
+    np.testing.assert_allclose(loo_references_np(emb, persons), want, atol=1e-6)
+    assert not loo_references_np(emb, persons)[[3, 6]].any()  # single-image people: no reference
+
+
+def test_region_stats_matches_numpy():
+    rng = np.random.default_rng(1)
+    maps = rng.random((3, 16, 16)).astype(np.float32)
+    maps /= maps.sum(axis=(1, 2), keepdims=True)
+    labels = rng.integers(0, 5, (3, 16, 16))
+    rs = stats.region_stats(jnp.asarray(maps), jnp.asarray(labels), num_classes=5, percents=(1.0, 10.0))
+    for b in range(3):
+        for pi, p in enumerate((1.0, 10.0)):
+            k = core.top_k_count(256, p)
+            top = np.argsort(-maps[b].ravel(), kind="stable")[:k]
+            want = np.bincount(labels[b].ravel()[top], minlength=5) / k
+            np.testing.assert_allclose(rs.share[b, pi], want, atol=1e-6)
+        np.testing.assert_allclose(rs.mass[b], np.bincount(labels[b].ravel(), maps[b].ravel(), 5), atol=1e-6)
+        np.testing.assert_allclose(rs.area[b], np.bincount(labels[b].ravel(), minlength=5) / 256, atol=1e-7)
+    with pytest.raises(ValueError, match="must both be"):
+        stats.region_stats(jnp.asarray(maps), jnp.asarray(labels[:, :8]), num_classes=5, percents=(1.0,))
+
+
+def _brute_bc(maps, persons):
+    same, diff = [], []
+    for i, j in itertools.combinations(range(len(maps)), 2):
+        bc = float(np.sum(np.sqrt(maps[i] * maps[j])))
+        (same if persons[i] == persons[j] else diff).append(bc)
+    return np.mean(same), np.mean(diff), len(same), len(diff)
+
+
+def test_bc_same_diff_oracle_and_permutation_test():
+    rng = np.random.default_rng(2)
+    persons = np.array([p for p in "abcdef" for _ in range(3)])
+    centres = {p: rng.random((8, 8)) ** 4 for p in "abcdef"}
+    maps = np.stack([centres[p] + 0.3 * rng.random((8, 8)) for p in persons])
+    maps /= maps.sum(axis=(1, 2), keepdims=True)
+    r = tables.bc_same_diff(maps, persons, seed=0)
+    s, d, ns, nd = _brute_bc(maps, persons)
+    assert (r["n_same"], r["n_diff"]) == (ns, nd) == (18, 135)
+    assert r["bc_same_mean"] == pytest.approx(s, abs=1e-12) and r["bc_diff_mean"] == pytest.approx(d, abs=1e-12)
+    assert r["p_value"] < 0.01  # person-specific maps: same > different, significant
+    shuffled = tables.bc_same_diff(rng.permuted(maps.reshape(18, -1), axis=1).reshape(maps.shape), persons, seed=0)
+    assert shuffled["p_value"] > 0.05  # no person structure
+    assert tables.bc_same_diff(maps[:1], persons[:1], seed=0)["p_value"] is None
+
+
+def test_mean_ci_is_seeded_and_brackets_the_mean():
+    v = np.random.default_rng(3).normal(size=200)
+    m, lo, hi = tables.mean_ci(v, seed=5)
+    assert lo < m < hi and m == pytest.approx(v.mean())
+    assert tables.mean_ci(v, seed=5) == (m, lo, hi)
+
+
+def _fake_shard(rng, persons, models=("m1",), weightings=("gradcam",), n_taps=2):
+    n = len(persons)
+    c = len(face_regions.CLASSES)
+    out = {"meta/path": np.array([f"/d/{p}/{i}.jpg" for i, p in enumerate(persons)]),
+           "meta/person": np.array(persons), "meta/face_index": np.zeros(n, np.int32),
+           "meta/attrs": np.array([json.dumps([["gender", "f" if p < "c" else "m"]]) for p in persons]),
+           "meta/labels": rng.integers(0, c, (n, 256, 256)).astype(np.uint8),
+           "fail/path": np.array(["/d/bad.jpg"]), "fail/reason": np.array(["not a decodable image"]),
+           "area": rng.random((n, c)).astype(np.float32) / c}
+    for m in models:
+        out[f"emb/{m}"] = rng.normal(size=(n, 4)).astype(np.float32)
+        for w in weightings:
+            out[f"share/{m}/{w}"] = rng.random((n, 3, c)).astype(np.float32) / c
+            out[f"mass/{m}/{w}"] = rng.random((n, c)).astype(np.float32) / c
+            out[f"overall/{m}/{w}"] = rng.random((n, 128, 128)).astype(np.float16)
+            out[f"overall_flags/{m}/{w}"] = np.zeros(n, bool)
+            out[f"flags/{m}/{w}"] = np.zeros((n, n_taps), bool)
+            out[f"layers/{m}/{w}"] = rng.random((n, n_taps, 32, 32)).astype(np.float16)
+            out[f"overall_sum/{m}/{w}"] = rng.random((256, 256)).astype(np.float32)
+            out[f"layers_sum/{m}/{w}"] = rng.random((n_taps, 64, 64)).astype(np.float32)
+            for method in (w, "input_gradient", "last_layer", "random"):
+                out[f"occ/{m}/{method}/mean/1"] = rng.random(n).astype(np.float32)
+            out[f"transfer/{w}/{m}/{m}"] = rng.random(n).astype(np.float32)
+    return out
+
+
+def test_write_tables_is_deterministic_and_groups(tmp_path):
+    rng = np.random.default_rng(4)
+    shards = [_fake_shard(rng, ["a", "a", "b"]), _fake_shard(rng, ["c", "c", "d", "d"])]
+    settings = {"seed": 0, "models": ["m1"], "weightings": ["gradcam"], "top_percents": [1, 5, 10],
+                "occlusion_percents": [1], "occlusion_fills": ["mean"], "taps": {"m1": ["t1", "t2"]},
+                "transfer_percent": 1.0}
+    counts = tables.write_tables(tmp_path / "a", shards, settings)
+    tables.write_tables(tmp_path / "b", shards, settings)
+    assert counts == {"faces": 7, "people": 4, "failures": 2, "images_with_faces": 7}
+    for f in sorted((tmp_path / "a").rglob("*.*")):
+        assert f.read_bytes() == (tmp_path / "b" / f.relative_to(tmp_path / "a")).read_bytes(), f
+    with open(tmp_path / "a" / "tables" / "bc.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["group"] for r in rows} == {"all", "gender=f", "gender=m"}
+    assert {r["layer"] for r in rows} == {"overall", "t1", "t2"}
+    with open(tmp_path / "a" / "failures.csv") as f:
+        assert len(list(csv.DictReader(f))) == 2
+    mean = np.load(tmp_path / "a" / "maps" / "mean_overall.npz")["m1/gradcam"]
+    assert mean.shape == (256, 256) and mean.sum() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_store_refuses_another_run_and_redoes_damaged_shards(tmp_path):
+    store = sweep.ShardStore(tmp_path)
+    fp = {"settings": {"seed": 0}, "plan_sha256": "x", "shards": 2}
+    store.open(fp, resume=False)
+    store.write(0, {"a": np.arange(3)}, {"faces": 3})
+    store.write(1, {"a": np.arange(4)}, {"faces": 4})
+    assert set(store.done()) == {"00000", "00001"}
+    with pytest.raises(sweep.SweepError, match="already holds a run; pass --resume"):
+        sweep.ShardStore(tmp_path).open(fp, resume=False)
+    with pytest.raises(sweep.SweepError, match=r"settings differ: \['seed'\]"):
+        sweep.ShardStore(tmp_path).open({**fp, "settings": {"seed": 1}}, resume=True)
+    sweep.ShardStore(tmp_path).open(fp, resume=True)
+    (tmp_path / "shards" / "00001.npz").write_bytes(b"damaged")
+    assert set(store.done()) == {"00000"}  # a damaged shard is recomputed on resume
