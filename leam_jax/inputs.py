@@ -55,7 +55,7 @@ def from_manifest(manifest: str | Path, *, max_people: int = 0, max_images_per_p
         raise InputError(f"{manifest}: not a UTF-8 CSV ({e})") from e
     if not rows:
         raise InputError(f"{manifest}: no rows")
-    person_col = "person" if "person" in fields else "identity"
+    person_col = "identity" if "identity" in fields and "person" not in fields else "person"
     missing = {"path", person_col} - set(fields)
     if missing:
         raise InputError(f"{manifest}: missing column(s) {sorted(missing)} (person may be named identity); columns are {fields}")

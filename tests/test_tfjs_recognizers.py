@@ -25,13 +25,13 @@ from flax import nnx
 from leam_jax.models import faceres, mobileface
 
 # name -> (module, Flax class, embedding node, embedding atol vs TF.js, gradient rel-L2 bound)
-# FaceRes gradients: 27 ReLU6 gates; a float32 evaluation of the *same* Flax model differs from
-# its float64 evaluation by 1.0e-3 (relative L2 of d<e, c>/dx, 2 chips), TF.js vs Flax by 1.5e-3:
-# pre-activations within float32 rounding of a kink (0 or 6) switch gates. So the bound is 3e-3.
+# FaceRes gradients cross 27 ReLU6 gates, where float32 rounding near a kink (0 or 6) can switch a
+# gate. With depthwise convolutions summed tap by tap (layers.depthwise_conv2d), as TF.js's CPU
+# kernel sums them, the gradients agree to ~1e-4, within the 1e-3 bound.
 MODELS = {
     "mobileface": (mobileface, mobileface.MobileFace, "batchnorm0/add_1", 1e-4, 1e-5),
-    "faceres": (faceres, faceres.FaceRes, "global_pooling/Mean", 1e-4, 3e-3),
-    "faceres_deep": (faceres, faceres.FaceRes, "global_pooling/Mean", 1e-4, 3e-3),
+    "faceres": (faceres, faceres.FaceRes, "global_pooling/Mean", 1e-4, 1e-3),
+    "faceres_deep": (faceres, faceres.FaceRes, "global_pooling/Mean", 1e-4, 1e-3),
 }
 GRAD_SCRIPT = Path(__file__).resolve().parent / "tfjs_runtime" / "grad_embedding.js"
 
@@ -180,7 +180,7 @@ def test_mobileface_parity_with_tfjs(chips, tfjs_runtime, human_model_json):
 @pytest.mark.weights
 @pytest.mark.faces
 def test_faceres_parity_with_tfjs(chips, tfjs_runtime, human_model_json):
-    _parity("faceres", chips, tfjs_runtime, human_model_json, n_embed=10, n_grad=1)
+    _parity("faceres", chips, tfjs_runtime, human_model_json, n_embed=10, n_grad=2)
 
 
 @pytest.mark.weights
