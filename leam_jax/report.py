@@ -173,10 +173,12 @@ def _summary_part(output_dir: Path, summary: Mapping, failures: list[dict[str, s
     return _section("Run", "\n".join(body))
 
 
-def _groups_part(images: list[dict[str, str]] | None) -> str:
+def _groups_part(images: list[dict[str, str]] | None, bc: list[dict[str, str]] | None) -> str:
     if not images:
         return ""
-    attributes = [c for c in images[0] if c not in ("image_id", "path", "person", "face_index")]
+    # Only the columns the tables were broken down by (a manifest may carry sizes, hashes, ...).
+    grouped = {r["group"].split("=", 1)[0] for r in bc or [] if r.get("group", "all") != "all"}
+    attributes = [c for c in images[0] if c not in ("image_id", "path", "person", "face_index") and c in grouped]
     if not attributes:
         return ""
     rows = []
@@ -398,7 +400,7 @@ def write_report(output_dir: str | Path) -> Path:
         '<p class="note">Layer Embedding Activation Mapping: which pixels of a person\'s face each recognition '
         "model relies on, layer by layer and overall, in a common 256x256 analysis frame.</p>",
         _summary_part(output_dir, summary, failures, models, weightings),
-        _groups_part(tables["images"]),
+        _groups_part(tables["images"], tables.get("bc")),
         _headline_part(tables["headline"], tables["region_shares"]),
         _figures_part(figure_dir, drawn),
         _section("Tables", "\n".join([

@@ -85,12 +85,11 @@ _random_masks = jax.jit(stats.random_masks, static_argnums=(1, 2))
 
 
 @functools.partial(jax.jit, static_argnames=("side", "percent"))
-def _frame_masks_to_model(frame_maps, model_to_frame, *, side, percent):
-    """Top-p% of frame maps [B, F, F] -> masks in a model's input [B, side, side] (a pixel is in
-    when its centre lands on masked frame pixels with bilinear weight >= 0.5)."""
-    masks = stats.top_percent_mask(frame_maps, percent).astype(jnp.float32)
-    warp = jax.vmap(lambda m, a: alignment.warp_affine(m[..., None], a, (side, side))[..., 0])
-    return warp(masks, model_to_frame) >= 0.5
+def _frame_maps_to_model_masks(frame_maps, model_to_frame, *, side, percent):
+    """Another model's frame maps [B, F, F] -> this model's input [B, side, side] (``warp_map``),
+    then its top-p% there: the pixel count matches this model's own top-p% and random masks."""
+    warped = jax.vmap(lambda m, a: alignment.warp_map(m, a, (side, side)))(frame_maps, model_to_frame)
+    return stats.top_percent_mask(warped, percent)
 
 
 def _pad(a: np.ndarray, bs: int) -> np.ndarray:
@@ -237,7 +236,7 @@ class ModelWorker:
         inv = np.stack([alignment.invert_affine(a) for a in f2m]).astype(np.float32)
         out = []
         for ci, s in enumerate(self.chunks(len(x))):
-            masks = _frame_masks_to_model(jnp.asarray(_pad(frame_maps[s], self.bs)), jnp.asarray(_pad(inv[s], self.bs)),
+            masks = _frame_maps_to_model_masks(jnp.asarray(_pad(frame_maps[s], self.bs)), jnp.asarray(_pad(inv[s], self.bs)),
                                           side=x.shape[1], percent=self.config.transfer_percent)
             d = self.occlusion(self._put(x[s]), jax.device_put(masks, self._sharded), self._put(occ_ref[s]),
                                self._put(emb[s]), fill=fill, key=jax.random.fold_in(key, ci))
