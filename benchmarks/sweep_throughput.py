@@ -72,6 +72,7 @@ def main() -> None:
         sweep.run_shards(timed, store2, loader.iterate, compute)
         pipeline_s = time.perf_counter() - t
     loader.close()
+    loader2 = Loader(FacePipeline(), [spec.template], threads=args.threads, prefetch=1)
     faces = seen[n_warm:]
     images_in = sum(len(s) for s in timed)
 
@@ -92,14 +93,27 @@ def main() -> None:
         jax.block_until_ready(kernel())
         times.append(time.perf_counter() - t)
     kernel_s = statistics.median(times)
+    # Where the pipeline's time goes: the loader alone, and the shard's device work alone.
+    t = time.perf_counter()
+    for _ in loader2.iterate(timed):
+        pass
+    loader_s = time.perf_counter() - t
+    loader2.close()
+    t = time.perf_counter()
+    for i in range(0, len(faces), args.batch):
+        compute_shard([worker], faces[i : i + args.batch], f"b{i}", cfg)
+    compute_s = time.perf_counter() - t
     pipe_rate = len(faces) / pipeline_s
     kern_rate = len(faces) / kernel_s
     print(f"device: {jax.devices()[0].device_kind} x{len(jax.devices())}; cpus: {os.cpu_count()}; model {args.model}, "
           f"batch {args.batch}, {len(spec.taps)} taps, loader threads {args.threads}")
     print(f"pipeline: {images_in} images -> {len(faces)} faces in {pipeline_s:.2f} s ({pipe_rate:.2f} faces/s)")
     print(f"kernel:   {len(faces)} faces in {kernel_s:.2f} s ({kern_rate:.2f} faces/s)")
+    print(f"parts alone: loader {images_in / loader_s:.2f} images/s, shard device work (LEAM + frame warps + "
+          f"region stats) {len(faces) / compute_s:.2f} faces/s")
     print(f"pipeline_over_kernel={pipe_rate / kern_rate:.3f} images_per_s={pipe_rate:.2f} "
-          f"kernel_images_per_s={kern_rate:.2f} faces={len(faces)}")
+          f"kernel_images_per_s={kern_rate:.2f} loader_images_per_s={images_in / loader_s:.2f} "
+          f"shard_compute_per_s={len(faces) / compute_s:.2f} faces={len(faces)}")
 
 
 if __name__ == "__main__":

@@ -168,9 +168,45 @@ def letterbox(image: np.ndarray, size: int = INPUT_SIZE) -> tuple[jax.Array, Let
     s = size / max(h, w)
     nw, nh = max(1, round(w * s)), max(1, round(h * s))
     ox, oy = (size - nw) // 2, (size - nh) // 2
-    resized = jax.image.resize(jnp.asarray(image, jnp.float32), (nh, nw, 3), "linear", antialias=True)
-    canvas = jnp.zeros((size, size, 3), jnp.float32).at[oy:oy + nh, ox:ox + nw].set(jnp.clip(resized, 0.0, 255.0))
-    return canvas, Letterbox(scale=(nw / w, nh / h), offset=(float(ox), float(oy)), image_size=(w, h))
+    rows = _resize_axis(image.astype(np.float32), nh, axis=0)
+    resized = _resize_axis(rows, nw, axis=1)  # [nh, nw, 3]
+    canvas = np.zeros((size, size, 3), np.float32)
+    canvas[oy:oy + nh, ox:ox + nw] = np.clip(resized, 0.0, 255.0)
+    return jnp.asarray(canvas), Letterbox(scale=(nw / w, nh / h), offset=(float(ox), float(oy)), image_size=(w, h))
+
+
+def _resize_weights(n_in: int, n_out: int) -> np.ndarray:
+    """[n_in, n_out] weights of ``jax.image.resize(..., "linear", antialias=True)`` along one axis.
+
+    The same triangle kernel (widened by the shrink factor), computed in numpy: every photo
+    has its own size, and an op-by-op JAX resize compiles anew for each (90% of the
+    loader's time).
+    """
+    inv_scale = n_in / n_out
+    kernel_scale = max(inv_scale, 1.0)
+    sample = (np.arange(n_out) + 0.5) * inv_scale - 0.5
+    x = np.abs(sample[None, :] - np.arange(n_in)[:, None]) / kernel_scale
+    weights = np.maximum(0.0, 1.0 - x)
+    total = weights.sum(axis=0, keepdims=True)
+    weights = np.where(np.abs(total) > 1000 * np.finfo(np.float32).eps, weights / np.where(total != 0, total, 1), 0.0)
+    inside = (sample >= -0.5) & (sample <= n_in - 0.5)
+    return np.where(inside[None, :], weights, 0.0).astype(np.float32)
+
+
+def _resize_axis(x: np.ndarray, n_out: int, axis: int) -> np.ndarray:
+    """Resample one axis with ``_resize_weights``, using only each output's band of inputs."""
+    weights = _resize_weights(x.shape[axis], n_out)  # [n_in, n_out], nonzero in a band
+    nonzero = weights != 0
+    lo = np.where(nonzero.any(0), nonzero.argmax(0), 0)
+    width = int((nonzero.sum(0)).max()) if nonzero.any() else 1
+    x = np.moveaxis(x, axis, 0)
+    out = np.zeros((n_out, *x.shape[1:]), np.float32)
+    cols = np.arange(n_out)
+    for k in range(width):
+        j = np.minimum(lo + k, x.shape[0] - 1)
+        wk = np.where(lo + k < x.shape[0], weights[j, cols], 0.0).astype(np.float32)
+        out += wk.reshape(-1, *([1] * (x.ndim - 1))) * x[j]
+    return np.moveaxis(out, 0, axis)
 
 
 def preprocess(canvas: jax.Array) -> jax.Array:

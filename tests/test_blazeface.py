@@ -383,3 +383,15 @@ def test_boxes_contain_dlib_eye_points(model, wild, dlib_landmarker):
         worst = max(worst, err)
         assert err < 0.25, (path, err)
     print(f"BlazeFace eye keypoints vs dlib eye centres: worst {worst:.3f} of the eye distance")
+
+
+@pytest.mark.parametrize("shape", [(300, 451, 3), (40, 30, 3), (256, 100, 3)])
+def test_letterbox_resize_equals_jax_image_resize(shape):
+    """The numpy letterbox resize is jax.image.resize(linear, antialias) without a compile per size."""
+    img = np.random.default_rng(sum(shape)).integers(0, 256, shape).astype(np.uint8)
+    canvas, lb = detection.letterbox(img)
+    h, w = shape[:2]
+    nw, nh = round(w * lb.scale[0]), round(h * lb.scale[1])
+    ref = np.clip(np.asarray(jax.image.resize(jnp.asarray(img, jnp.float32), (nh, nw, 3), "linear", antialias=True)), 0, 255)
+    ox, oy = int(lb.offset[0]), int(lb.offset[1])
+    np.testing.assert_allclose(np.asarray(canvas)[oy:oy + nh, ox:ox + nw], ref, atol=1e-2)
