@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.torch_iresnet import _check_channels, _Graph, _linear_unit, _prelu_unit, fold
+from converters.torch_iresnet import _Graph, _linear_unit, _prelu_unit, fold_conv_bias_bn
 from leam_jax.models import mobilefacenet as model
 
 SOURCES: dict = {}  # user-supplied weights only
@@ -124,16 +124,7 @@ def _conv_unit(g: _Graph, t: str, what: str, cin: int, cout: int, k: int, stride
     if w.shape != (cout, cin // groups, k, k):
         raise ValueError(f"{g.source}: Conv {node.name!r} ({what}): weight shape {w.shape}, "
                          f"expected {(cout, cin // groups, k, k)}")
-    b = g.const(node.input[2], "bias", node) if len(node.input) > 2 and node.input[2] else None
-    out, bn = node.output[0], None
-    nxt = g.sole_consumer(out)
-    if nxt is not None and nxt.op_type == "BatchNormalization":  # not folded by the exporter
-        g.visited.add(id(nxt))
-        bn = g.bn_params(nxt)
-        out = nxt.output[0]
-    unit = fold(w, b, bn)
-    _check_channels(g, node, what, unit, cout)
-    return out, unit
+    return fold_conv_bias_bn(g, node, w, what, cout)
 
 
 def units_from_onnx(data: bytes, config: str, source: str) -> dict[str, dict[str, np.ndarray]]:

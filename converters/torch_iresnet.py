@@ -376,6 +376,12 @@ def _conv_unit(g: _Graph, t: str, what: str, cin: int, cout: int, k: int, stride
     w = g.const(node.input[1], "weight", node)
     if w.shape != (cout, cin, k, k):
         raise ValueError(f"{g.source}: Conv {node.name!r} ({what}): weight shape {w.shape}, expected {(cout, cin, k, k)}")
+    return fold_conv_bias_bn(g, node, w, what, cout)
+
+
+def fold_conv_bias_bn(g: _Graph, node, w: np.ndarray, what: str, cout: int):
+    """A Conv node's bias and the BatchNormalization after it (if the exporter left one) folded
+    into one unit. -> (the output tensor name, unit)."""
     b = g.const(node.input[2], "bias", node) if len(node.input) > 2 and node.input[2] else None
     out = node.output[0]
     bn = None
