@@ -74,7 +74,6 @@ not occur in mapped labels.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -82,6 +81,7 @@ import numpy as np
 from flax import nnx
 
 from leam_jax import alignment, checkpoint, face_regions
+from leam_jax.models import contract
 
 INPUT_SIZE = 512
 NUM_CLASSES = 19
@@ -306,24 +306,9 @@ def apply(params, images: jax.Array) -> jax.Array:
 
 
 def params_from_flat(flat, source: str = "params"):
-    """Flat params {"cp/resnet/conv1/kernel": array, ...} -> the params ``apply`` takes, merged strictly.
-
-    Built on the ``eval_shape`` target (no random initialisation, which costs
-    tens of seconds of XLA compiles on a CPU): a missing, extra or mis-shaped
-    key is an error naming it (:func:`leam_jax.checkpoint.strict_merge`).
-    """
-    state = nnx.state(nnx.eval_shape(_ctor), nnx.Param)
-    merged = checkpoint.strict_merge(checkpoint.flatten(state.to_pure_dict()), flat, source)
-    nested = checkpoint.unflatten({k: jnp.asarray(v) for k, v in merged.items()})
-    target = state.to_pure_dict()
-
-    def fill(t, src):
-        for k in list(t.keys()):
-            t[k] = fill(t[k], src[str(k)]) if isinstance(t[k], Mapping) else src[str(k)]
-        return t
-
-    nnx.replace_by_pure_dict(state, fill(target, nested))
-    return state
+    """Flat params {"cp/resnet/conv1/kernel": array, ...} -> the params ``apply`` takes, merged strictly
+    (:func:`leam_jax.models.contract.params_from_flat`)."""
+    return contract.params_from_flat(_ctor, flat, source)
 
 
 def random_params(seed: int = 0):
@@ -342,14 +327,10 @@ def random_params(seed: int = 0):
 def load(name: str = "bisenet", *, convert: bool = True):
     """``(apply, params)`` with the user's converted weights (digest-checked, strictly merged).
 
-    Convert the checkpoint first: ``python -m converters bisenet --source 79999_iter.pth``
-    (the same path as :func:`leam_jax.models.contract.load_converted`, without its random init).
+    Convert the checkpoint first: ``python -m converters bisenet --source 79999_iter.pth``.
     """
-    from converters import ensure_converted, sources  # I/O edge: converters live outside the package
-
-    path = ensure_converted(name, quiet=True) if convert else sources.checkpoint_dir() / name
-    digest = sources.load_manifest().get(name, {}).get("converted_sha256")
-    return apply, params_from_flat(checkpoint.restore(path, expected_digest=digest), str(path))
+    flat, path = contract.restore_converted(name, convert=convert)
+    return apply, params_from_flat(flat, path)
 
 
 # --- the analysis frame -------------------------------------------------------------

@@ -63,11 +63,12 @@ def abstract_flat(ctor: Callable[[], nnx.Module]) -> dict[str, jax.ShapeDtypeStr
     return checkpoint.flatten(nnx.state(abstract, nnx.Param).to_pure_dict())
 
 
-def from_flat(ctor: Callable[[], nnx.Module], flat: Mapping[str, np.ndarray], source: str) -> tuple[ApplyFn, nnx.State]:
-    """Build ``(apply, params)`` with weights merged strictly into the target."""
+def params_from_flat(ctor: Callable[[], nnx.Module], flat: Mapping[str, np.ndarray], source: str) -> nnx.State:
+    """The module's params with ``flat`` weights merged strictly (missing, extra or mis-shaped keys
+    are errors naming the key), on an abstract module: its random initialisers never run (eagerly
+    they cost seconds per model)."""
     merged = checkpoint.strict_merge(abstract_flat(ctor), flat, source)
-    # An abstract module: its random initialisers never run (eagerly they cost seconds per model).
-    apply, params = pure(nnx.eval_shape(ctor))
+    params = nnx.state(nnx.eval_shape(ctor), nnx.Param)
     pure_dict = params.to_pure_dict()
     nested = checkpoint.unflatten(merged)
 
@@ -81,17 +82,28 @@ def from_flat(ctor: Callable[[], nnx.Module], flat: Mapping[str, np.ndarray], so
 
     fill(pure_dict, nested)
     nnx.replace_by_pure_dict(params, pure_dict)
-    return apply, params
+    return params
 
 
-def load_converted(name: str, ctor: Callable[[], nnx.Module], *, convert: bool = True) -> tuple[ApplyFn, nnx.State]:
-    """``(apply, params)`` of a converted model: converted on first use, digest-checked, strictly merged."""
+def from_flat(ctor: Callable[[], nnx.Module], flat: Mapping[str, np.ndarray], source: str) -> tuple[ApplyFn, nnx.State]:
+    """Build ``(apply, params)`` with weights merged strictly into the target."""
+    apply, _ = pure(nnx.eval_shape(ctor))
+    return apply, params_from_flat(ctor, flat, source)
+
+
+def restore_converted(name: str, *, convert: bool = True) -> tuple[dict[str, np.ndarray], str]:
+    """(flat params, checkpoint path) of a converted model: converted on first use, digest-checked."""
     from converters import ensure_converted, sources  # I/O edge: converters live outside the package
 
     path = ensure_converted(name, quiet=True) if convert else sources.checkpoint_dir() / name
     digest = sources.load_manifest().get(name, {}).get("converted_sha256")
-    flat = checkpoint.restore(path, expected_digest=digest)
-    return from_flat(ctor, flat, str(path))
+    return checkpoint.restore(path, expected_digest=digest), str(path)
+
+
+def load_converted(name: str, ctor: Callable[[], nnx.Module], *, convert: bool = True) -> tuple[ApplyFn, nnx.State]:
+    """``(apply, params)`` of a converted model: converted on first use, digest-checked, strictly merged."""
+    flat, path = restore_converted(name, convert=convert)
+    return from_flat(ctor, flat, path)
 
 
 class TapRecorder:
