@@ -29,7 +29,6 @@ from leam_jax.loader import FaceInput
 
 FRAME = alignment.ANALYSIS_SIZE
 LAYER_GRID = 128  # per-layer maps are warped onto this grid of the frame, then pooled
-METHODS_BASELINE = ("input_gradient", "last_layer", "random")
 
 
 @dataclasses.dataclass(frozen=True)
