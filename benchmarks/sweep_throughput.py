@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=96)
     ap.add_argument("--model", default="dlib_resnet")
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0, help="loader threads (0: one per CPU core)")
     args = ap.parse_args()
 
     manifest = FACES / "manifest.csv"
@@ -106,7 +106,7 @@ def main() -> None:
     pipe_rate = len(faces) / pipeline_s
     kern_rate = len(faces) / kernel_s
     print(f"device: {jax.devices()[0].device_kind} x{len(jax.devices())}; cpus: {os.cpu_count()}; model {args.model}, "
-          f"batch {args.batch}, {len(spec.taps)} taps, loader threads {args.threads}")
+          f"batch {args.batch}, {len(spec.taps)} taps, loader threads {args.threads or os.cpu_count()}")
     print(f"pipeline: {images_in} images -> {len(faces)} faces in {pipeline_s:.2f} s ({pipe_rate:.2f} faces/s)")
     print(f"kernel:   {len(faces)} faces in {kernel_s:.2f} s ({kern_rate:.2f} faces/s)")
     print(f"parts alone: loader {images_in / loader_s:.2f} images/s, shard device work (LEAM + frame warps + "

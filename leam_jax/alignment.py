@@ -106,13 +106,20 @@ def warp_affine(image: jax.Array, out_to_in: jax.Array, out_shape: tuple[int, in
     src_x = m[0, 0] * xs + m[0, 1] * ys + m[0, 2]
     src_y = m[1, 0] * xs + m[1, 1] * ys + m[1, 2]
     img = jnp.asarray(image, jnp.float32)
-
-    def sample(channel):
-        return jax.scipy.ndimage.map_coordinates(channel, [src_y, src_x], order=1, mode="constant", cval=0.0)
-
     h_in, w_in = img.shape[0], img.shape[1]
     inside = (src_x >= 0) & (src_y >= 0) & (src_x < w_in - 1) & (src_y < h_in - 1)
-    return jax.vmap(sample, in_axes=2, out_axes=2)(img) * inside[..., None]
+    x0 = jnp.floor(src_x)
+    y0 = jnp.floor(src_y)
+    fx = (src_x - x0)[..., None]
+    fy = (src_y - y0)[..., None]
+    # One gather of all C channels per corner: a per-channel gather (map_coordinates under vmap)
+    # was 4x slower on CPU for stacks of layer maps.
+    corner = jnp.clip(y0.astype(jnp.int32), 0, h_in - 2) * w_in + jnp.clip(x0.astype(jnp.int32), 0, w_in - 2)
+    flat = img.reshape(h_in * w_in, -1)
+    at = lambda offset: jnp.take(flat, corner + offset, axis=0)
+    top = at(0) * (1.0 - fx) + at(1) * fx
+    bottom = at(w_in) * (1.0 - fx) + at(w_in + 1) * fx
+    return (top * (1.0 - fy) + bottom * fy) * inside[..., None]
 
 
 def dlib_face_chip(image: jax.Array, points5: np.ndarray, size: int = 150, padding: float = 0.25) -> jax.Array:

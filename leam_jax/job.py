@@ -43,7 +43,7 @@ class JobConfig:
     max_images_per_person: int = 0
     resume: bool = False
     seed: int = 0
-    loader_threads: int = 2
+    loader_threads: int = 0  # 0: one per CPU core
     prefetch: int = 1
     report: bool = True
     # Multi-host (jax.distributed): each process takes every num_processes-th shard.

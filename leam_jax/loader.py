@@ -9,6 +9,7 @@ the device (``prefetch``), so decoding overlaps the LEAM work.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -59,16 +60,20 @@ def _safe(pipeline, source, templates, aligned, all_faces):
 
 
 class Loader:
-    """Prepares shards in a thread pool, ``prefetch`` shards ahead of the consumer."""
+    """Prepares shards in a thread pool, ``prefetch`` shards ahead of the consumer.
+
+    ``threads=0`` (the default) starts one thread per CPU core: on an accelerator host the
+    loader has the cores to itself, and decoding, cv2 warps and the detector release the GIL.
+    """
 
     def __init__(self, pipeline, templates: Sequence[str], *, aligned: bool = False, all_faces: bool = False,
-                 threads: int = 2, prefetch: int = 1):
+                 threads: int = 0, prefetch: int = 1):
         self.pipeline = pipeline
         self.templates = tuple(templates)
         self.aligned = aligned
         self.all_faces = all_faces
         self.prefetch = max(0, prefetch)
-        self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="leam-loader")
+        self._pool = ThreadPoolExecutor(max_workers=threads if threads > 0 else (os.cpu_count() or 1), thread_name_prefix="leam-loader")
 
     def _submit(self, shard: Sequence[Source]) -> list[Future]:
         return [self._pool.submit(_safe, self.pipeline, s, self.templates, self.aligned, self.all_faces)

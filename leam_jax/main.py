@@ -48,7 +48,8 @@ flags.DEFINE_integer("max_people", 0, "Use at most this many people (0 = all).")
 flags.DEFINE_integer("max_images_per_person", 0, "Use at most this many images per person (0 = all).")
 flags.DEFINE_bool("resume", False, "Continue the run in --output_dir: verified shards are kept, the rest computed.")
 flags.DEFINE_integer("seed", 0, "Seed for random baselines, noise fills and bootstrap intervals.")
-flags.DEFINE_integer("loader_threads", 2, "Threads decoding, detecting, aligning and parsing ahead of the device.")
+flags.DEFINE_integer("loader_threads", 0, "Threads decoding, detecting, aligning and parsing ahead of the device "
+                     "(0: one per CPU core).")
 flags.DEFINE_integer("prefetch", 1, "Shards prepared ahead of the one on the device.")
 flags.DEFINE_bool("report", True, "Write figures/ and report.html at the end.")
 flags.DEFINE_string("coordinator_address", None, "Multi-host: jax.distributed coordinator host:port. Each "

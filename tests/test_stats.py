@@ -38,6 +38,22 @@ def test_top_percent_mask_exact_count_and_pixels():
     assert np.asarray(stats.top_percent_mask(jnp.zeros((1, 150, 150)), 1)).sum() == 225  # ties: still exact
 
 
+def test_top_percent_mask_ties_and_signs_follow_top_k_order():
+    """Bisection over the 2^-16 rank grid picks exactly lax.top_k's pixels: higher rank first,
+    ties by lower pixel index, also for signed maps and heavy ties (upsampled coarse maps)."""
+    rng = np.random.default_rng(3)
+    coarse = rng.normal(size=(4, 9, 9)).astype(np.float32)
+    m = np.repeat(np.repeat(coarse, 17, axis=1), 17, axis=2)[:, :150, :150]  # blocks of equal values, signed
+    for p in (0.5, 1, 5, 10, 50):
+        flat = m.reshape(4, -1)
+        peak = np.abs(flat).max(1, keepdims=True)
+        ranked = np.round(flat / peak * 2.0**16)
+        _, idx = jax.lax.top_k(jnp.asarray(ranked), stats.top_k_count(flat.shape[1], p))
+        want = np.zeros(flat.shape, bool)
+        np.put_along_axis(want, np.asarray(idx), True, axis=1)
+        np.testing.assert_array_equal(np.asarray(stats.top_percent_mask(jnp.asarray(m), p)).reshape(4, -1), want)
+
+
 def test_bhattacharyya_equals_numpy_and_is_one_for_identical():
     p, q = maps(2)
     np.testing.assert_allclose(stats.bhattacharyya(p, q), np_bc(p, q), rtol=1e-5)
