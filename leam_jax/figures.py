@@ -110,6 +110,9 @@ def _unique(values) -> list:
 
 def _new_figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    # A wider margin than the default 3 pt: rotated row labels beside fixed-aspect image
+    # panels otherwise touched, and in the full report were cut by, the left edge.
+    fig.get_layout_engine().set(w_pad=8 / 72, h_pad=4 / 72)
     FigureCanvasAgg(fig)
     return fig
 

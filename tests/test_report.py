@@ -164,6 +164,10 @@ def _check_report(out: Path) -> str:
         img = cv2.imread(str(f), cv2.IMREAD_COLOR)
         assert img is not None and img.shape[0] > 100 and img.shape[1] > 100, name
         assert img.std() > 20, f"{name} looks blank (std {img.std():.1f})"
+        # Nothing drawn touches the edge: a label running off the canvas would be cut there.
+        edge = np.concatenate([img[:2].reshape(-1, 3), img[-2:].reshape(-1, 3), img[:, :2].reshape(-1, 3),
+                               img[:, -2:].reshape(-1, 3)])
+        assert (edge >= 250).all(), f"{name}: {(edge < 250).any(-1).sum()} drawn pixels on the canvas edge"
     page = path.read_text(encoding="utf-8")
     assert "<script" not in page.lower()
     assert "src=\"http" not in page and "href=" not in page.lower() and "url(" not in page.lower()
@@ -222,3 +226,16 @@ def test_figures_never_import_pyplot(tmp_path):
     )
     subprocess.run([sys.executable, "-W", "error", "-c", code], check=True)
     assert (tmp_path / "t.png").is_file()
+
+
+def test_mean_map_grid_row_labels_stay_on_the_canvas(tmp_path):
+    """The full study's 4 models x 3 weightings grid: row labels beside the fixed-aspect panels
+    used to run off the left edge (cut in the report)."""
+    rng = np.random.default_rng(0)
+    models, weightings = ["dlib_resnet", "faceres", "faceres_deep", "mobileface"], ["gradcam", "layercam", "gradxact"]
+    maps = {(m, w): rng.random((64, 64)) / 4096 for m in models for w in weightings}
+    labels = np.zeros((64, 64), int)
+    labels[20:40, 20:40] = face_regions.CLASSES.index("skin")
+    img = cv2.imread(str(figures.mean_overall_maps(maps, labels, tmp_path / "m.png", models=models,
+                                                   weightings=weightings)))
+    assert (img[:, :3] >= 250).all() and (img[:, -3:] >= 250).all()
