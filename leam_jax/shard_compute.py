@@ -92,8 +92,6 @@ def _post(overall, per_layer, f2m, labels, *, top_percents, map_size, layer_size
     """Maps at the model input -> the analysis frame, pooled copies and region statistics (one batch)."""
     frame = _to_frame(overall, f2m)
     rs = stats.region_stats(frame, labels, num_classes=len(face_regions.CLASSES), percents=top_percents)
-    # Per-layer maps on a 128 grid (every other frame pixel; they feed 64 and 32 px summaries):
-    # 4x fewer samples than the full frame.
     layers = _layers_to_frame(per_layer, f2m, mean_layer_size)
     return {"frame": frame, "overall": _pool_sum(frame, map_size), "layers_mean": layers,
             "layers": _pool_sum(layers, layer_size), "share": rs.share, "mass": rs.mass, "area": rs.area}

@@ -31,6 +31,7 @@ from converters import facenet_pytorch as conv
 from leam_jax import checkpoint
 from leam_jax.models import contract, inception_resnet_v1
 from tests.conftest import FACES
+from tests.torch_randomize import refilled
 
 torch = pytest.importorskip("torch", reason="PyTorch (facenet-pytorch's runtime) not installed")
 pytestmark = pytest.mark.torch
@@ -154,18 +155,13 @@ def test_gradient_parity_float64(source):
     apply, params = source.jax_apply()
     flat64 = conv.to_flat(source.units(), dtype=np.float64)
     with jax.enable_x64(True):
-        params64 = jax.tree.map(lambda a: a, params)  # a copy of the State, refilled with float64 arrays
-        nnx.replace_by_pure_dict(params64, _nested(params64.to_pure_dict(), flat64))
+        params64 = refilled(params, flat64)
         emb, grad = source.emb_and_grad(apply, params64, source.images[PAIR].astype(np.float64))
     assert grad.dtype == np.float64
     g_rel, d_emb = _rel(grad, source.grad64[PAIR]), float(np.abs(emb - source.pre64[PAIR]).max())
     print(f"\nfacenet float64: emb max abs diff vs torch64 {d_emb:.2e}, grad rel L2 {g_rel:.2e}")
     assert g_rel <= GRAD_RTOL and d_emb <= 1e-9 * max(1.0, float(np.abs(source.pre64).max()))
 
-
-def _nested(target, flat, prefix=""):
-    return {k: (_nested(v, flat, f"{prefix}{k}/") if isinstance(v, dict) else jnp.asarray(flat[f"{prefix}{k}"]))
-            for k, v in target.items()}
 
 
 def test_taps_shapes_and_perturbation(source):

@@ -24,7 +24,7 @@ from flax import nnx
 from converters import torch_iresnet as conv
 from leam_jax import checkpoint, core
 from leam_jax.models import contract, iresnet
-from tests.torch_randomize import EmbGrad
+from tests.torch_randomize import EmbGrad, refilled
 
 torch = pytest.importorskip("torch", reason="PyTorch (the IResNet source runtime) not installed")
 pytestmark = pytest.mark.torch
@@ -144,7 +144,7 @@ def test_gradient_parity_float64(source, depth):
     flat64 = conv.to_flat(conv.units_from_state_dict(sd, depth, str(src.pth)), depth, dtype=np.float64)
     with jax.enable_x64(True):
         apply, params = contract.pure(src.ctor())
-        nnx.replace_by_pure_dict(params, _nested(params.to_pure_dict(), flat64))
+        params = refilled(params, flat64)
         emb, grad = src.emb_and_grad(apply, params, src.images.astype(np.float64))
     assert grad.dtype == np.float64
     g_rel = _rel(grad, src.grad64)
@@ -152,10 +152,6 @@ def test_gradient_parity_float64(source, depth):
     print(f"\niresnet{depth} float64: emb max abs diff {d_emb:.2e}, grad rel L2 {g_rel:.2e}")
     assert g_rel <= GRAD_RTOL and d_emb <= 1e-9 * max(1.0, float(np.abs(src.emb64).max()))
 
-
-def _nested(target, flat, prefix=""):
-    return {k: (_nested(v, flat, f"{prefix}{k}/") if isinstance(v, dict) else jnp.asarray(flat[f"{prefix}{k}"]))
-            for k, v in target.items()}
 
 
 def test_onnx_and_pth_give_the_same_params(source):

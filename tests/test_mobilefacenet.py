@@ -29,6 +29,7 @@ from converters import onnx_mobilefacenet as conv
 from leam_jax import checkpoint
 from leam_jax.models import contract, mobilefacenet
 from tests.conftest import FACES
+from tests.torch_randomize import refilled
 
 torch = pytest.importorskip("torch", reason="PyTorch (builds the MobileFaceNet source network) not installed")
 onnx = pytest.importorskip("onnx", reason="onnx not installed")
@@ -156,8 +157,7 @@ def _check_float64(src: Source, label: str) -> None:
     apply, params = src.jax_apply()
     flat64 = conv.to_flat(src.units(src.onnx_unfolded), src.config, dtype=np.float64)
     with jax.enable_x64(True):
-        params64 = jax.tree.map(lambda a: a, params)  # a copy of the State, refilled with float64 arrays
-        nnx.replace_by_pure_dict(params64, _nested(params64.to_pure_dict(), flat64))
+        params64 = refilled(params, flat64)
         emb, grad = src.emb_and_grad(apply, params64, src.images.astype(np.float64))
     assert grad.dtype == np.float64
     g_rel, d_emb = _rel(grad, src.grad64), float(np.abs(emb - src.emb64).max())
@@ -169,10 +169,6 @@ def test_gradient_parity_float64(source):
     """float64 (jax x64, params folded in float64 from the unfolded ONNX) vs torch float64 autograd: the 1e-3 bound."""
     _check_float64(source, "mobilefacenet")
 
-
-def _nested(target, flat, prefix=""):
-    return {k: (_nested(v, flat, f"{prefix}{k}/") if isinstance(v, dict) else jnp.asarray(flat[f"{prefix}{k}"]))
-            for k, v in target.items()}
 
 
 def test_unfolded_export_gives_the_same_params(source):

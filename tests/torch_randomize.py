@@ -7,6 +7,9 @@ again behind the perturbed ones, so the embedding entries are O(1) on those
 inputs, like a trained face model's before its L2 normalisation. (On
 noise-calibrated statistics, face inputs give embeddings 5-50x larger, and
 float32 rounding in any runtime grows with them.)
+
+``refilled`` puts float64 weights into a converted model's params for the
+x64 gradient checks, and ``EmbGrad`` gives embeddings and input gradients.
 """
 
 from __future__ import annotations
@@ -100,3 +103,20 @@ class EmbGrad:
             self._jitted[key] = jax.jit(jax.value_and_grad(f, argnums=1, has_aux=True))
         (_, emb), grad = self._jitted[key](params, jnp.asarray(images))
         return np.asarray(emb), np.asarray(grad)
+
+
+def refilled(params, flat):
+    """A copy of an ``nnx.State`` with every leaf replaced by ``flat["a/b/c"]`` in that array's own
+    dtype (float64 weights for the x64 gradient checks, which strict loading would refuse). Call
+    under ``jax.enable_x64(True)``."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    def nested(target, prefix=""):
+        return {k: (nested(v, f"{prefix}{k}/") if isinstance(v, dict) else jnp.asarray(flat[f"{prefix}{k}"]))
+                for k, v in target.items()}
+
+    out = jax.tree.map(lambda a: a, params)
+    nnx.replace_by_pure_dict(out, nested(out.to_pure_dict()))
+    return out
