@@ -20,8 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from leam_jax import data, models, verification
-from leam_jax.face_pipeline import FacePipeline
+from leam_jax import models, verification
+from leam_jax.face import decode
+from leam_jax.face.pipeline import FacePipeline
 
 FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
 
@@ -44,16 +45,16 @@ def main() -> None:
     embed = jax.jit(lambda x: model.apply(model.params, x)[0])
     pipe = FacePipeline()
 
-    items = [it for s in args.sets.split(",") for it in data.list_people(FACES / s)]
+    items = [it for s in args.sets.split(",") for it in decode.list_people(FACES / s)]
     ours, theirs, miss_ours, miss_dlib = {}, {}, [], []
     t0 = time.perf_counter()
     for it in items:
-        img = data.read_rgb(it.path)
+        img = decode.read_rgb(it.path)
         try:
             face = pipe.faces(img, it.path)[0]
             chip, _ = pipe.model_input(img, face, "dlib150")
             ours[it.path] = (it.person, chip)
-        except data.ImageError as e:
+        except decode.ImageError as e:
             miss_ours.append(f"{e.path} ({e.reason})")
         dets = hog(img, 1)
         if dets:

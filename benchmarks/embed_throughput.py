@@ -23,12 +23,12 @@ import numpy as np
 
 
 def chips(n: int) -> np.ndarray:
-    from leam_jax import data
+    from leam_jax.face import decode
 
     johns = Path(__file__).resolve().parents[2] / "shared" / "faces" / "dlib_johns"
     if johns.is_dir():
-        items = data.list_people(johns)
-        imgs = np.stack([data.read_aligned_chip(it.path, 150) for it in items])
+        items = decode.list_people(johns)
+        imgs = np.stack([decode.read_aligned_chip(it.path, 150) for it in items])
         return np.resize(imgs, (n, 150, 150, 3))
     return np.random.default_rng(0).integers(0, 256, (n, 150, 150, 3), dtype=np.uint8)
 

@@ -31,7 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from leam_jax import analysis, core, data, stats, verification
+from leam_jax import analysis, core, stats, verification
+from leam_jax.face import decode
 from leam_jax.models import REGISTRY, load
 
 FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
@@ -78,21 +79,21 @@ def embedding_shift(e_ref: np.ndarray, e_new: np.ndarray, persons: list[str], th
 
 
 def johns() -> tuple[np.ndarray, list[str]]:
-    items = data.list_people(FACES / "dlib_johns")
-    return np.stack([data.read_aligned_chip(it.path, 150) for it in items]), [it.person for it in items]
+    items = decode.list_people(FACES / "dlib_johns")
+    return np.stack([decode.read_aligned_chip(it.path, 150) for it in items]), [it.person for it in items]
 
 
 def all_faces() -> tuple[np.ndarray, list[str]]:
-    from leam_jax.face_pipeline import FacePipeline
+    from leam_jax.face.pipeline import FacePipeline
 
     pipe = FacePipeline()
     chips, persons = [], []
     for s in ("dlib_johns", "orl_att", "wild_small"):
-        for it in data.list_people(FACES / s):
+        for it in decode.list_people(FACES / s):
             try:
-                img = data.read_rgb(it.path)
+                img = decode.read_rgb(it.path)
                 face = pipe.faces(img, it.path)[0]
-            except data.ImageError:
+            except decode.ImageError:
                 continue
             chips.append(pipe.model_input(img, face, "dlib150")[0])
             persons.append(f"{s}/{it.person}")

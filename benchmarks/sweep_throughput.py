@@ -24,10 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from leam_jax import core, inputs, models, sweep
-from leam_jax.face_pipeline import FacePipeline
-from leam_jax.loader import Loader
-from leam_jax.shard_compute import ComputeConfig, ModelWorker, compute_shard
+from leam_jax import core, models
+from leam_jax.face.pipeline import FacePipeline
+from leam_jax.study import inputs, sweep
+from leam_jax.study.compute import ComputeConfig, ModelWorker, compute_shard
+from leam_jax.study.loader import Loader
 
 FACES = Path(__file__).resolve().parents[1].parent / "shared" / "faces"
 

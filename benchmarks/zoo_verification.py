@@ -17,8 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from leam_jax import data, verification
-from leam_jax.face_pipeline import FacePipeline
+from leam_jax import verification
+from leam_jax.face import decode
+from leam_jax.face.pipeline import FacePipeline
 from leam_jax.models import REGISTRY, load
 
 FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
@@ -27,16 +28,16 @@ FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
 def main() -> None:
     pipe = FacePipeline()
     names = sorted(n for n, s in REGISTRY.items() if s.weights_here)
-    items = [it for s in ("dlib_johns", "orl_att", "wild_small") for it in data.list_people(FACES / s)]
+    items = [it for s in ("dlib_johns", "orl_att", "wild_small") for it in decode.list_people(FACES / s)]
     faces, images, persons = [], [], []
     t0 = time.perf_counter()
     for it in items:
         try:
-            img = data.read_rgb(it.path)
+            img = decode.read_rgb(it.path)
             faces.append(pipe.faces(img, it.path)[0])
             images.append(img)
             persons.append(f"{Path(it.path).parts[-3]}/{it.person}")
-        except data.ImageError:
+        except decode.ImageError:
             pass
     print(f"{len(faces)}/{len(items)} faces aligned in {time.perf_counter() - t0:.1f} s; "
           f"{len(set(persons))} people")

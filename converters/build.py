@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from converters import sources
-from leam_jax import checkpoint
+from leam_jax.weights import checkpoint
 
 # Model name -> converter module; imported on use.
 CONVERTERS = {

@@ -22,9 +22,9 @@ from flax import nnx
 
 from converters import tfjs_graph
 from converters.tfjs_sources import graph_from_files, human_model_source
-from leam_jax import checkpoint
 from leam_jax.models import blazeface as model
 from leam_jax.models.contract import abstract_flat
+from leam_jax.weights import checkpoint
 
 PREFIX = "StatefulPartitionedCall/functional_1/"
 

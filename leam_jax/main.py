@@ -2,7 +2,7 @@
 
 With no flags it runs the whole analysis on the sample photos shipped in a
 registry package, with every default model, and prints where the report is.
-Flags are read only here; ``leam_jax.job.run`` takes an explicit config.
+Flags are read only here; ``leam_jax.study.job.run`` takes an explicit config.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from leam_jax import core, stats, sweep
-from leam_jax.job import DEFAULT_MODELS, JobConfig, run
+from leam_jax import core, stats
+from leam_jax.study import sweep
+from leam_jax.study.job import DEFAULT_MODELS, JobConfig, run
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", list(DEFAULT_MODELS),

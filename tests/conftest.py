@@ -56,10 +56,10 @@ def dlib_recognizer(dlib, dlib_dat, tmp_path_factory):
 @pytest.fixture(scope="session")
 def johns_chips(faces_dir):
     """The 52 pre-aligned dlib chips: (uint8 [N,150,150,3] RGB, person ids, paths)."""
-    from leam_jax import data
+    from leam_jax.face import decode
 
-    items = data.list_people(faces_dir / "dlib_johns")
-    chips = np.stack([data.read_aligned_chip(it.path, 150) for it in items])
+    items = decode.list_people(faces_dir / "dlib_johns")
+    chips = np.stack([decode.read_aligned_chip(it.path, 150) for it in items])
     return chips, [it.person for it in items], [it.path for it in items]
 
 

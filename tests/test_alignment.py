@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from leam_jax.alignment import (
+from leam_jax.face.alignment import (
     dlib_chip_details,
     dlib_chip_to_image,
     dlib_face_chip,
@@ -105,12 +105,12 @@ def test_real_photos_through_dlib_landmarks(dlib, dlib_landmarker, dlib_model, d
     """dlib HOG + 5 points on wild photos: geometry identical; chips identical where dlib
     needs no image pyramid; with a pyramid (large faces) dlib anti-aliases first and the
     descriptors still agree closely."""
-    from leam_jax import data
+    from leam_jax.face import decode
 
     detector, predictor = dlib_landmarker
     exact, approx = [], []
-    for item in data.list_people(faces_dir / "wild_small"):
-        img = data.read_rgb(item.path)
+    for item in decode.list_people(faces_dir / "wild_small"):
+        img = decode.read_rgb(item.path)
         dets = detector(img, 1)
         assert dets, f"dlib found no face in {item.path}"
         shape = predictor(img, dets[0])
@@ -130,7 +130,7 @@ def test_real_photos_through_dlib_landmarks(dlib, dlib_landmarker, dlib_model, d
 
 def test_chip_to_image_maps_template_onto_points():
     """The chip's template points land on the image points for an exact similarity."""
-    from leam_jax.alignment import DLIB_5PT_TEMPLATE
+    from leam_jax.face.alignment import DLIB_5PT_TEMPLATE
 
     a = random_similarity(np.random.default_rng(7))
     tpl = (0.25 + DLIB_5PT_TEMPLATE) / 1.5 * 150
@@ -144,7 +144,7 @@ def test_chip_to_image_maps_template_onto_points():
 
 
 def test_frame_to_model_maps_template_onto_template():
-    from leam_jax.alignment import (
+    from leam_jax.face.alignment import (
         analysis_template,
         compose_affine,
         five_point_template,
@@ -164,7 +164,13 @@ def test_frame_to_model_maps_template_onto_template():
 
 def test_map_warp_round_trip_keeps_mass_in_face_box():
     """A map in a 112 model crop, warped into the 256 analysis frame and back."""
-    from leam_jax.alignment import analysis_template, five_point_template, frame_to_model, image_to_template, warp_map
+    from leam_jax.face.alignment import (
+        analysis_template,
+        five_point_template,
+        frame_to_model,
+        image_to_template,
+        warp_map,
+    )
 
     rng = np.random.default_rng(9)
     yy, xx = np.mgrid[:112, :112]

@@ -22,8 +22,9 @@ import jax
 import numpy as np
 import pytest
 
-from leam_jax import alignment, checkpoint, face_regions
+from leam_jax.face import alignment, regions
 from leam_jax.models import bisenet
+from leam_jax.weights import checkpoint
 
 REL_TOL = 1e-4  # max |JAX - torch| / max |torch logits|
 AGREE = 0.999  # argmax agreement, fraction of pixels
@@ -67,11 +68,11 @@ def source(torch, ref, tmp_path_factory):
 @pytest.fixture(scope="module")
 def face_frames(faces_dir):
     """Three dlib_johns chips (150) resized to 256, uint8 RGB [3, 256, 256, 3]."""
-    from leam_jax import data
+    from leam_jax.face import decode
 
-    items = data.list_people(faces_dir / "dlib_johns")
+    items = decode.list_people(faces_dir / "dlib_johns")
     picks = [items[0], items[len(items) // 2], items[-1]]
-    return np.stack([cv2.resize(data.read_aligned_chip(it.path, 150), (256, 256), interpolation=cv2.INTER_LINEAR)
+    return np.stack([cv2.resize(decode.read_aligned_chip(it.path, 150), (256, 256), interpolation=cv2.INTER_LINEAR)
                      for it in picks])
 
 
@@ -280,7 +281,7 @@ def test_bad_shapes():
 
 
 def test_class_mapping():
-    ids, fr = bisenet.CLASS_ID, face_regions.CLASS_ID
+    ids, fr = bisenet.CLASS_ID, regions.CLASS_ID
     assert len(bisenet.CLASSES) == bisenet.NUM_CLASSES == 19 and set(bisenet.TO_FACE_CLASS) == set(bisenet.CLASSES)
     assert all(v is None or v in fr for v in bisenet.TO_FACE_CLASS.values())
     s = alignment.ANALYSIS_SIZE
@@ -315,18 +316,18 @@ def test_class_mapping():
 @pytest.mark.faces
 @pytest.mark.slow  # ~40 s on 2 busy cores, mostly loading and compiling the detector and mesh
 def test_face_pipeline_parser_option(faces_dir):
-    from leam_jax import data
-    from leam_jax.face_pipeline import FacePipeline
+    from leam_jax.face import decode
+    from leam_jax.face.pipeline import FacePipeline
 
     photo = sorted((faces_dir / "wild_small" / "obama").iterdir())[0]
-    image = data.read_rgb(photo)
+    image = decode.read_rgb(photo)
     params = bisenet.random_params(0)
     pipe = FacePipeline(parser="bisenet", parser_params=params)
     bis_face = pipe.faces(image, str(photo))[0]
     pipe.parser = "mesh"  # the default parser on the same (already compiled) pipeline
     mesh_face = pipe.faces(image, str(photo))[0]
     assert mesh_face.labels19 is None
-    np.testing.assert_array_equal(mesh_face.labels, face_regions.label_map(mesh_face.frame_mesh, (256, 256)))
+    np.testing.assert_array_equal(mesh_face.labels, regions.label_map(mesh_face.frame_mesh, (256, 256)))
     np.testing.assert_array_equal(mesh_face.frame, bis_face.frame)  # the parser changes the labels only
     assert bis_face.labels19.shape == (256, 256) and bis_face.labels19.max() < 19
     np.testing.assert_array_equal(bis_face.labels19, bisenet.bisenet_labels(bis_face.frame[None], params)[0])

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from leam_jax import detection
+from leam_jax.face import detection
 from leam_jax.models import blazeface as bf
 
 PARITY_ATOL = 1e-4
@@ -261,18 +261,18 @@ def model():
 
 @pytest.fixture(scope="module")
 def wild(faces_dir):
-    from leam_jax import data
+    from leam_jax.face import decode
 
-    items = data.list_people(faces_dir / "wild_small")
-    return [it.path for it in items], [data.read_rgb(it.path) for it in items]
+    items = decode.list_people(faces_dir / "wild_small")
+    return [it.path for it in items], [decode.read_rgb(it.path) for it in items]
 
 
 @pytest.fixture(scope="module")
 def orl(faces_dir):
-    from leam_jax import data
+    from leam_jax.face import decode
 
-    items = data.list_people(faces_dir / "orl_att")
-    return [it.path for it in items], [data.read_rgb(it.path) for it in items]
+    items = decode.list_people(faces_dir / "orl_att")
+    return [it.path for it in items], [decode.read_rgb(it.path) for it in items]
 
 
 @pytest.mark.weights

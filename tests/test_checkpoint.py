@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from leam_jax import checkpoint
 from leam_jax.models import REGISTRY, abstract_flat, random_init
 from leam_jax.models.contract import from_flat
+from leam_jax.weights import checkpoint
 
 
 def dlib_target():

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from leam_jax.data import ImageError, read_rgb
+from leam_jax.face.decode import ImageError, read_rgb
 
 
 def with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:

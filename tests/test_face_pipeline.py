@@ -7,12 +7,12 @@ import cv2
 import numpy as np
 import pytest
 
-from leam_jax import data, face_regions
-from leam_jax.face_pipeline import FacePipeline, mesh_points5
+from leam_jax.face import decode, regions
+from leam_jax.face.pipeline import FacePipeline, mesh_points5
 
 pytestmark = [pytest.mark.weights, pytest.mark.faces]
 
-NOSE_CLASSES = {face_regions.CLASS_ID[c] for c in ("nose", "nose_bridge", "nose_tip")}
+NOSE_CLASSES = {regions.CLASS_ID[c] for c in ("nose", "nose_bridge", "nose_tip")}
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +25,10 @@ def shared_run(pipeline, faces_dir):
     """Every image of ../shared/faces through the pipeline once (in the wild mode, no hints)."""
     faces, misses = {}, {}
     for s in ("dlib_johns", "orl_att", "wild_small"):
-        for it in data.list_people(faces_dir / s):
+        for it in decode.list_people(faces_dir / s):
             try:
                 faces[it.path] = pipeline.read(it.path)[0]
-            except data.ImageError as e:
+            except decode.ImageError as e:
                 misses[it.path] = e.reason
     return faces, misses
 
@@ -48,8 +48,8 @@ def test_landmarks_fall_in_their_regions(shared_run):
         p5 = mesh_points5(f.frame_mesh)
         lab = lambda p, f=f: f.labels[int(round(p[1])), int(round(p[0]))]  # noqa: E731
         nose_ok += lab(f.frame_mesh[1]) in NOSE_CLASSES
-        eyes_ok += (lab(p5[0]) == face_regions.CLASS_ID["r_eye"]) and (lab(p5[1]) == face_regions.CLASS_ID["l_eye"])
-        oval = face_regions.oval_mask(f.frame_mesh, f.labels.shape)
+        eyes_ok += (lab(p5[0]) == regions.CLASS_ID["r_eye"]) and (lab(p5[1]) == regions.CLASS_ID["l_eye"])
+        oval = regions.oval_mask(f.frame_mesh, f.labels.shape)
         oval_ok += not np.any(oval & (f.labels == 0))
     n = len(faces)
     print(f"\nnose tip in nose: {nose_ok}/{n}; both eye centres in their eye class: {eyes_ok}/{n}; "
@@ -77,7 +77,7 @@ def test_frame_alignment_is_least_squares_optimal(shared_run, pipeline):
 
 
 def _face_photo(faces_dir) -> np.ndarray:
-    return data.read_rgb(sorted((faces_dir / "wild_small" / "obama").iterdir())[0])
+    return decode.read_rgb(sorted((faces_dir / "wild_small" / "obama").iterdir())[0])
 
 
 def test_documented_outcomes_for_bad_and_odd_inputs(pipeline, faces_dir, tmp_path):
@@ -100,7 +100,7 @@ def test_documented_outcomes_for_bad_and_odd_inputs(pipeline, faces_dir, tmp_pat
     for name in ("zero.jpg", "text.jpg", "corrupt.jpg", "one.png", "deep.png", "alpha.png", "gray.pgm", "huge.jpg", "noface.png"):
         try:
             outcomes[name] = f"face, score {pipeline.read(tmp_path / name)[0].score:.2f}"
-        except data.ImageError as e:
+        except decode.ImageError as e:
             assert e.path.endswith(name)
             outcomes[name] = e.reason
     print("\n" + "\n".join(f"  {k}: {v}" for k, v in outcomes.items()))
@@ -140,7 +140,7 @@ def test_alignment_auc_within_002_of_dlib_pipeline(pipeline, shared_run, dlib, d
     for path, face in faces.items():
         if "dlib_johns" in path:
             continue
-        img = data.read_rgb(path)
+        img = decode.read_rgb(path)
         ours[path] = pipeline.model_input(img, face, "dlib150")[0]
         dets = detector(img, 1)
         if dets:
@@ -159,7 +159,7 @@ def test_alignment_auc_within_002_of_dlib_pipeline(pipeline, shared_run, dlib, d
 
 def test_pre_aligned_mode_skips_the_detector(pipeline, faces_dir):
     """dlib chips as pre-aligned input: no detector, the mesh still lands on the face."""
-    items = data.list_people(faces_dir / "dlib_johns")[::5]
+    items = decode.list_people(faces_dir / "dlib_johns")[::5]
     ok = 0
     for it in items:
         face = pipeline.read(it.path, aligned=True)[0]

@@ -171,7 +171,7 @@ def faceapi_run(faceapi_dir, tfjs_runtime, johns_chips):
 def test_converted_weights_equal_faceapi_loaded_weights(faceapi_model, faceapi_run):
     """Every array equals what face-api holds after tf.io dequantises it (bit for bit), the stem
     kernel after undoing the 256/255 fold (within float32 rounding)."""
-    from leam_jax import checkpoint
+    from leam_jax.weights import checkpoint
 
     _, out = faceapi_run
     assert out["backend"].startswith("cpu tfjs 4.22")

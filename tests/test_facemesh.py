@@ -29,7 +29,7 @@ import pytest
 from flax import nnx
 
 from converters import tfjs_facemesh, tfjs_graph, tfjs_sources
-from leam_jax import data, face_regions
+from leam_jax.face import decode, regions
 from leam_jax.models import facemesh
 from leam_jax.models.contract import abstract_flat
 
@@ -52,13 +52,13 @@ def _crop_192(img: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def faces(faces_dir):
     """uint8 [13, 192, 192, 3] RGB crops: 10 dlib chips (2 per person), then 3 ORL faces."""
-    items = data.list_people(faces_dir / "dlib_johns", max_images_per_person=2)
+    items = decode.list_people(faces_dir / "dlib_johns", max_images_per_person=2)
     paths = [it.path for it in items]
     orl = [faces_dir / "orl_att" / f"s{i}" / "1.pgm" for i in (1, 2, 3)]
     paths += [str(p) for p in orl if p.is_file()]
     if len(paths) < 10:
         pytest.skip(f"only {len(paths)} face images found under {faces_dir}")
-    return np.stack([_crop_192(data.read_rgb(p)) for p in paths]), len(items)
+    return np.stack([_crop_192(decode.read_rgb(p)) for p in paths]), len(items)
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +127,7 @@ def test_converter_rejects_a_different_graph(files):
 
 @pytest.mark.weights
 def test_converted_checkpoint_matches_a_fresh_conversion(files, params):
-    from leam_jax import checkpoint
+    from leam_jax.weights import checkpoint
 
     flat = tfjs_facemesh.convert(files, "test-source")
     loaded = checkpoint.flatten(params.to_pure_dict())
@@ -212,27 +212,27 @@ def test_bad_input_shape():
 
 
 def test_region_tables_are_valid():
-    assert face_regions.CLASSES[0] == "background"
-    assert set(face_regions.PAINT_ORDER) == set(face_regions.POLYGONS) == set(face_regions.CLASSES) - {"background"}
-    for name, poly in face_regions.POLYGONS.items():
+    assert regions.CLASSES[0] == "background"
+    assert set(regions.PAINT_ORDER) == set(regions.POLYGONS) == set(regions.CLASSES) - {"background"}
+    for name, poly in regions.POLYGONS.items():
         assert len(set(poly)) == len(poly) >= 3, name
-        assert all(0 <= i < face_regions.NUM_POINTS for i in poly), name
+        assert all(0 <= i < regions.NUM_POINTS for i in poly), name
 
 
 def test_coarse_equals_unrefined_map_for_any_points():
     rng = np.random.default_rng(0)
     for _ in range(5):
         pts = rng.uniform(-10, 74, (468, 2))
-        lab = face_regions.label_map(pts, (64, 64))
-        np.testing.assert_array_equal(face_regions.coarse(lab), face_regions.label_map(pts, (64, 64), fine=False))
-        assert not np.any(lab[~face_regions.oval_mask(pts, (64, 64))])
+        lab = regions.label_map(pts, (64, 64))
+        np.testing.assert_array_equal(regions.coarse(lab), regions.label_map(pts, (64, 64), fine=False))
+        assert not np.any(lab[~regions.oval_mask(pts, (64, 64))])
 
 
 def test_label_map_bad_shape():
     with pytest.raises(ValueError, match=r"\[468, 2\]"):
-        face_regions.label_map(np.zeros((10, 2)), (192, 192))
+        regions.label_map(np.zeros((10, 2)), (192, 192))
     with pytest.raises(ValueError, match="non-finite"):
-        face_regions.label_map(np.full((468, 2), np.nan), (192, 192))
+        regions.label_map(np.full((468, 2), np.nan), (192, 192))
 
 
 @pytest.mark.weights
@@ -241,26 +241,26 @@ def test_regions_on_real_faces(runs, faces):
     _, _, out, _ = runs
     n_chips = faces[1]
     meshes = out["output_mesh"].reshape(-1, 468, 3)[:n_chips]
-    ids = face_regions.CLASS_ID
+    ids = regions.CLASS_ID
     tips, eyes, holes = [], [], []
     for mesh in meshes:
-        lab = face_regions.label_map(mesh, (192, 192))
+        lab = regions.label_map(mesh, (192, 192))
         xy = mesh[:, :2]
 
         def at(p, lab=lab):
             return int(lab[int(np.floor(p[1])), int(np.floor(p[0]))])
 
         tips.append(at(xy[1]))  # human's noseTip
-        for name, idx in (("l_eye", face_regions.L_EYE), ("r_eye", face_regions.R_EYE)):
-            eyes.append((name, face_regions.CLASSES[at(xy[list(idx)].mean(0))]))
-        oval = face_regions.oval_mask(mesh, (192, 192))
+        for name, idx in (("l_eye", regions.L_EYE), ("r_eye", regions.R_EYE)):
+            eyes.append((name, regions.CLASSES[at(xy[list(idx)].mean(0))]))
+        oval = regions.oval_mask(mesh, (192, 192))
         holes.append(int(np.sum(oval & (lab == ids["background"]))))
         # Every class is present, and the fine regions nest inside their parents.
-        assert set(np.unique(lab)) == set(range(len(face_regions.CLASSES))), np.unique(lab)
-        np.testing.assert_array_equal(face_regions.coarse(lab), face_regions.label_map(mesh, (192, 192), fine=False))
+        assert set(np.unique(lab)) == set(range(len(regions.CLASSES))), np.unique(lab)
+        np.testing.assert_array_equal(regions.coarse(lab), regions.label_map(mesh, (192, 192), fine=False))
         # Subject's right eye is on the image's left in these unmirrored photos.
-        assert xy[list(face_regions.R_EYE), 0].mean() < xy[list(face_regions.L_EYE), 0].mean()
-    print(f"\nregions over {n_chips} chips: nose-tip labels {[face_regions.CLASSES[t] for t in tips]}, "
+        assert xy[list(regions.R_EYE), 0].mean() < xy[list(regions.L_EYE), 0].mean()
+    print(f"\nregions over {n_chips} chips: nose-tip labels {[regions.CLASSES[t] for t in tips]}, "
           f"eye centres {sum(a == b for a, b in eyes)}/{len(eyes)} in their eye class, "
           f"background pixels inside the oval {holes}")
     assert all(t in (ids["nose"], ids["nose_tip"]) for t in tips)

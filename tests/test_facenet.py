@@ -28,8 +28,8 @@ import pytest
 from flax import nnx
 
 from converters import facenet_pytorch as conv
-from leam_jax import checkpoint
 from leam_jax.models import contract, inception_resnet_v1
+from leam_jax.weights import checkpoint
 from tests.conftest import FACES
 from tests.torch_randomize import refilled
 
@@ -47,13 +47,13 @@ def _images(seed: int = 0) -> tuple[np.ndarray, str]:
     """2 dlib_johns chips resized to 160 (if present) + noise: float32 [3, 160, 160, 3] RGB 0..255."""
     import cv2
 
-    from leam_jax import data
+    from leam_jax.face import decode
 
     rng = np.random.default_rng(seed)
     chips, what = [], "noise only (no ../shared/faces)"
     if (FACES / "dlib_johns").is_dir():
-        items = data.list_people(FACES / "dlib_johns", max_images_per_person=1)[:2]
-        chips = [cv2.resize(data.read_rgb(it.path), (SIZE, SIZE), interpolation=cv2.INTER_AREA) for it in items]
+        items = decode.list_people(FACES / "dlib_johns", max_images_per_person=1)[:2]
+        chips = [cv2.resize(decode.read_rgb(it.path), (SIZE, SIZE), interpolation=cv2.INTER_AREA) for it in items]
         what = f"{len(chips)} dlib_johns chips + 1 noise"
     noise = [rng.uniform(0, 255, (SIZE, SIZE, 3)) for _ in range(3 - len(chips))]
     return np.stack(chips + noise).astype(np.float32), what

@@ -22,8 +22,9 @@ import pytest
 from flax import nnx
 
 from converters import torch_iresnet as conv
-from leam_jax import checkpoint, core
+from leam_jax import core
 from leam_jax.models import contract, iresnet
+from leam_jax.weights import checkpoint
 from tests.torch_randomize import EmbGrad, refilled
 
 torch = pytest.importorskip("torch", reason="PyTorch (the IResNet source runtime) not installed")

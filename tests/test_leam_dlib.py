@@ -73,7 +73,7 @@ def test_criteria_hold_in_the_analysis_frame(faces_dir, dlib_dat, tmp_path):
     1% random pixels."""
     import csv
 
-    from leam_jax.job import JobConfig, run
+    from leam_jax.study.job import JobConfig, run
 
     run(JobConfig(models=("dlib_resnet",), data_dir=str(faces_dir / "dlib_johns"), output_dir=tmp_path,
                   occlusion_percents=(1.0,), transfer_percent=0.0, report=False), log=lambda m: None)

@@ -4,7 +4,7 @@
 import numpy as np
 import pytest
 
-from leam_jax import data
+from leam_jax.face import decode
 
 
 def test_bad_images_are_rejected_with_reasons(tmp_path):
@@ -13,5 +13,5 @@ def test_bad_images_are_rejected_with_reasons(tmp_path):
     (tmp_path / "wide.png").write_bytes(np.zeros(1, np.uint8).tobytes())
     for name, reason in [("empty.jpg", "empty file"), ("text.jpg", "not a decodable image"),
                          ("wide.png", "not a decodable image"), ("missing.jpg", "cannot read file")]:
-        with pytest.raises(data.ImageError, match=f"{name}: {reason}"):
-            data.read_aligned_chip(tmp_path / name, 150)
+        with pytest.raises(decode.ImageError, match=f"{name}: {reason}"):
+            decode.read_aligned_chip(tmp_path / name, 150)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from leam_jax import core
-from leam_jax.face_pipeline import TEMPLATES
+from leam_jax.face.pipeline import TEMPLATES
 from leam_jax.models import REGISTRY, random_init
 
 HEAVY = {"iresnet100"}
@@ -31,13 +31,13 @@ def test_leam_runs_on_every_real_model(name, faces_dir, dlib_dat):
     """Real converted weights, real faces (dlib chips resized to the model input)."""
     import cv2
 
-    from leam_jax import data
+    from leam_jax.face import decode
     from leam_jax.models import load
 
     spec = REGISTRY[name]
     model = load(name)
-    items = data.list_people(faces_dir / "dlib_johns")[:4]
-    x = np.stack([cv2.resize(data.read_rgb(it.path), (spec.input_size, spec.input_size)) for it in items])
+    items = decode.list_people(faces_dir / "dlib_johns")[:4]
+    x = np.stack([cv2.resize(decode.read_rgb(it.path), (spec.input_size, spec.input_size)) for it in items])
     out = core.leam_maps(model.apply, model.params, jnp.asarray(x, jnp.float32),
                          person_ids=jnp.array([0, 0, 1, 1]), taps=model.taps)
     assert np.isfinite(out.overall).all() and not np.asarray(out.overall_flags).any()

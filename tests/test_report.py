@@ -14,7 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
-from leam_jax import face_regions, figures, report
+from leam_jax.face import regions
+from leam_jax.study import figures, report
 
 FIGURE_FILES = ("mean_maps.png", "layer_maps.png", "region_shares.png", "bc_distributions.png", "occlusion.png",
                 "transfer.png")
@@ -35,7 +36,7 @@ def _write(path: Path, header: list[str], rows: list[list]) -> None:
 
 def synthetic_labels(size: int = 256) -> np.ndarray:
     """A cartoon face label map: oval, brows, eyes, nose, lips (face_regions class ids)."""
-    ids = face_regions.CLASS_ID
+    ids = regions.CLASS_ID
     lab = np.zeros((size, size), np.uint8)
     s = size / 256
     e = lambda c, ax, name: cv2.ellipse(lab, (int(c[0] * s), int(c[1] * s)), (int(ax[0] * s), int(ax[1] * s)), 0, 0,
@@ -68,7 +69,7 @@ def make_output_dir(root: Path, *, models, weightings, same_pairs: bool = True, 
     rng = np.random.default_rng(seed)
     models, weightings = list(models), list(weightings)
     groups = ["all", "gender=female", f"gender={INJECTED}"]
-    regions = [c for c in face_regions.CLASSES if c != "background"] + ["eyes_brows_nose"]
+    region_names = [c for c in regions.CLASSES if c != "background"] + ["eyes_brows_nose"]
     fills = ["zero", "mean"]
     taps = {m: ["stem", *(f"layer{i // 3 + 1}_{i % 3}" for i in range(3 + 7 * k)), "conv_6_sep.depthwise_out"]
             for k, m in enumerate(models)}
@@ -82,9 +83,9 @@ def make_output_dir(root: Path, *, models, weightings, same_pairs: bool = True, 
         for w in weightings:
             for g in groups:
                 for p in (1, 5, 10):
-                    shares = rng.dirichlet(np.ones(len(regions) - 1))
-                    area = rng.dirichlet(np.ones(len(regions) - 1)) * 0.6
-                    for region, s, a in zip(regions, [*shares, shares[1:5].sum() + shares[5] + shares[13:].sum()],
+                    shares = rng.dirichlet(np.ones(len(region_names) - 1))
+                    area = rng.dirichlet(np.ones(len(region_names) - 1)) * 0.6
+                    for region, s, a in zip(region_names, [*shares, shares[1:5].sum() + shares[5] + shares[13:].sum()],
                                             [*area, area[1:5].sum() + area[5] + area[13:].sum()]):
                         share_rows.append([m, w, g, float(p), region, float(s), float(s * 0.8), float(min(1, s * 1.2)),
                                            float(s * 0.9), float(a), float(s / a), 3])
@@ -235,7 +236,7 @@ def test_mean_map_grid_row_labels_stay_on_the_canvas(tmp_path):
     models, weightings = ["dlib_resnet", "faceres", "faceres_deep", "mobileface"], ["gradcam", "layercam", "gradxact"]
     maps = {(m, w): rng.random((64, 64)) / 4096 for m in models for w in weightings}
     labels = np.zeros((64, 64), int)
-    labels[20:40, 20:40] = face_regions.CLASSES.index("skin")
+    labels[20:40, 20:40] = regions.CLASSES.index("skin")
     img = cv2.imread(str(figures.mean_overall_maps(maps, labels, tmp_path / "m.png", models=models,
                                                    weightings=weightings)))
     assert (img[:, :3] >= 250).all() and (img[:, -3:] >= 250).all()

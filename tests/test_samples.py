@@ -1,4 +1,4 @@
-"""Built-in sample photos (leam_jax.samples): extracted from the pinned face-api tarball, checked
+"""Built-in sample photos (leam_jax.study.samples): extracted from the pinned face-api tarball, checked
 by sha256, served from the cache without the tarball or the network, and a clear error when
 neither the cache nor the npm client can provide them.
 
@@ -12,7 +12,8 @@ import subprocess
 
 import pytest
 
-from leam_jax import data, samples
+from leam_jax.face import decode
+from leam_jax.study import samples
 
 pytestmark = pytest.mark.weights
 
@@ -49,7 +50,7 @@ def test_sample_images(tmp_path, monkeypatch, faceapi_archive):
     assert all(p.parent == cache / "samples" / "faceapi-1.7.15" for p in paths)
     for p in paths:
         assert sources.sha256_file(p) == samples.SAMPLE_SHA256[p.name]
-        h, w, c = data.read_rgb(p).shape
+        h, w, c = decode.read_rgb(p).shape
         assert w == 1920 and 1200 < h < 1600 and c == 3
 
     link.unlink()  # cached photos need neither the tarball nor the client

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from leam_jax.job import JobConfig, run
+from leam_jax.study.job import JobConfig, run
 
 pytestmark = [pytest.mark.weights, pytest.mark.faces]
 
@@ -148,9 +148,9 @@ def test_mixed_folder_lists_every_bad_file(johns_dir, tmp_path):
 def test_builtin_default_runs_on_the_sample_photos(tmp_path):
     """No --data_dir/--manifest: the face-api sample photos, every face its own id (one model here;
     the README's no-flag run uses every default model)."""
-    pytest.importorskip("leam_jax.samples")
+    pytest.importorskip("leam_jax.study.samples")
     from converters import sources
-    from leam_jax import samples
+    from leam_jax.study import samples
 
     try:
         samples.sample_images()

@@ -8,9 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from leam_jax import core, face_regions, inputs, stats, sweep, tables
-from leam_jax.job import select_taps
-from leam_jax.shard_compute import loo_references_np
+from leam_jax import core, stats
+from leam_jax.face import regions
+from leam_jax.study import inputs, sweep, tables
+from leam_jax.study.compute import loo_references_np
+from leam_jax.study.job import select_taps
 
 
 def test_plan_shards_keeps_people_whole_and_in_order():
@@ -113,7 +115,7 @@ def test_mean_ci_is_seeded_and_brackets_the_mean():
 
 def _fake_shard(rng, persons, models=("m1",), weightings=("gradcam",), n_taps=2):
     n = len(persons)
-    c = len(face_regions.CLASSES)
+    c = len(regions.CLASSES)
     out = {"meta/path": np.array([f"/d/{p}/{i}.jpg" for i, p in enumerate(persons)]),
            "meta/person": np.array(persons), "meta/face_index": np.zeros(n, np.int32),
            "meta/attrs": np.array([json.dumps([["gender", "f" if p < "c" else "m"]]) for p in persons]),

@@ -111,10 +111,10 @@ def test_faceres_graph_check_names_the_node(human_model_json):
 @pytest.fixture(scope="module")
 def chips(faces_dir):
     """All dlib_johns chips (RGB uint8 150x150) and their person ids."""
-    from leam_jax import data
+    from leam_jax.face import decode
 
-    items = data.list_people(faces_dir / "dlib_johns")
-    return np.stack([data.read_aligned_chip(it.path, 150) for it in items]), [it.person for it in items]
+    items = decode.list_people(faces_dir / "dlib_johns")
+    return np.stack([decode.read_aligned_chip(it.path, 150) for it in items]), [it.person for it in items]
 
 
 def _resize(images: np.ndarray, size: int) -> np.ndarray:

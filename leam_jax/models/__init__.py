@@ -28,7 +28,7 @@ class ModelSpec:
     # Distance threshold the original authors use for same/different.
     verify_threshold: float | None = None
     # Input normalisation (applied inside the model) and alignment template
-    # (leam_jax.face_pipeline.TEMPLATES), for the record and the pipeline.
+    # (leam_jax.face.pipeline.TEMPLATES), for the record and the pipeline.
     normalisation: str = ""
     template: str = "arcface112"
     weights_here: bool = True  # False: users convert their own file (--source)

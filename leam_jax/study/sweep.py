@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from leam_jax.inputs import Source
+from leam_jax.study.inputs import Source
 
 SHARD_DIR = "shards"
 

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import jax
 
-from leam_jax import core, inputs, models, stats, sweep, tables
-from leam_jax.face_pipeline import TEMPLATES
-from leam_jax.loader import Loader
-from leam_jax.shard_compute import ComputeConfig, ModelWorker, compute_shard
+from leam_jax import core, models, stats
+from leam_jax.face.pipeline import TEMPLATES
+from leam_jax.study import inputs, sweep, tables
+from leam_jax.study.compute import ComputeConfig, ModelWorker, compute_shard
+from leam_jax.study.loader import Loader
 
 # The real models that verify (benchmarks/zoo_verification.py); the default of --models.
 DEFAULT_MODELS = ("dlib_resnet", "faceres", "faceres_deep", "mobileface")
@@ -128,7 +129,7 @@ def run(config: JobConfig, log: Callable[[str], None] = print) -> dict:
 
     workers = [ModelWorker(models.load(m), template=specs[m].template, taps=taps[m], config=compute_cfg, mesh=mesh)
                for m in config.models]
-    from leam_jax.face_pipeline import FacePipeline  # loads the detector and mesh weights
+    from leam_jax.face.pipeline import FacePipeline  # loads the detector and mesh weights
 
     loader = Loader(FacePipeline(all_faces=all_faces), sorted({s.template for s in specs.values()}),
                     aligned=config.aligned, all_faces=all_faces, threads=config.loader_threads,
@@ -159,7 +160,7 @@ def run(config: JobConfig, log: Callable[[str], None] = print) -> dict:
     _write_json(out / "summary.json", summary)
     report_path = None
     if config.report:
-        from leam_jax import report
+        from leam_jax.study import report
 
         report_path = report.write_report(out)
     summary["report"] = _describe(out, summary, report_path)

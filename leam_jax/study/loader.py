@@ -15,8 +15,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from leam_jax import data
-from leam_jax.inputs import Source
+from leam_jax.face import decode
+from leam_jax.study.inputs import Source
 
 
 @dataclasses.dataclass
@@ -37,8 +37,8 @@ class LoadedShard:
 
 def prepare_image(pipeline, source: Source, templates: Sequence[str], *, aligned: bool,
                   all_faces: bool) -> list[FaceInput]:
-    """One image -> its faces (raises :class:`data.ImageError` with the reason)."""
-    image = data.read_rgb(source.path)
+    """One image -> its faces (raises :class:`decode.ImageError` with the reason)."""
+    image = decode.read_rgb(source.path)
     faces = pipeline.faces(image, source.path, aligned=aligned)
     out = []
     for face in faces if all_faces else faces[:1]:
@@ -53,7 +53,7 @@ def prepare_image(pipeline, source: Source, templates: Sequence[str], *, aligned
 def _safe(pipeline, source, templates, aligned, all_faces):
     try:
         return prepare_image(pipeline, source, templates, aligned=aligned, all_faces=all_faces)
-    except data.ImageError as e:
+    except decode.ImageError as e:
         return (e.path, e.reason)
     except Exception as e:  # noqa: BLE001 - a bad file must not stop the sweep; the reason is kept
         return (source.path, f"could not process ({type(e).__name__}: {e})")

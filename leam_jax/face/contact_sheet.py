@@ -1,6 +1,6 @@
 """A contact sheet of aligned faces with the region overlay and landmarks, for a person to look at.
 
-    python -m leam_jax.contact_sheet --data_dir ../shared/faces/wild_small --out sheet.png
+    python -m leam_jax.face.contact_sheet --data_dir ../shared/faces/wild_small --out sheet.png
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import cv2
 import numpy as np
 from absl import app, flags
 
-from leam_jax import data, face_regions
-from leam_jax.face_pipeline import AlignedFace, FacePipeline
+from leam_jax.face import decode, regions
+from leam_jax.face.pipeline import AlignedFace, FacePipeline
 
 
 def class_colours() -> np.ndarray:
     """One distinct RGB colour per class (background black)."""
-    n = len(face_regions.CLASSES)
+    n = len(regions.CLASSES)
     cols = [(0, 0, 0)] + [tuple(int(255 * c) for c in colorsys.hsv_to_rgb(i / (n - 1), 0.9, 1.0)) for i in range(n - 1)]
     return np.array(cols, np.uint8)
 
@@ -41,7 +41,7 @@ def overlay(face: AlignedFace, alpha: float = 0.35) -> np.ndarray:
 
 
 def legend(width: int) -> np.ndarray:
-    names = face_regions.CLASSES
+    names = regions.CLASSES
     cols = class_colours()
     row_h = 18
     img = np.full((row_h * ((len(names) + 3) // 4), width, 3), 255, np.uint8)
@@ -58,7 +58,7 @@ def make_sheet(paths: list[str], pipeline: FacePipeline, *, columns: int = 6, al
     for p in paths:
         try:
             face = pipeline.read(p, aligned=aligned)[0]
-        except data.ImageError as e:
+        except decode.ImageError as e:
             rejected.append(str(e))
             continue
         tile = overlay(face)
@@ -83,7 +83,7 @@ flags.DEFINE_bool("aligned", False, "Images are pre-aligned face chips (skip det
 
 def main(argv: list[str]) -> None:
     del argv
-    items = data.list_people(FLAGS.data_dir)[: FLAGS.max_images]
+    items = decode.list_people(FLAGS.data_dir)[: FLAGS.max_images]
     sheet, rejected = make_sheet([it.path for it in items], FacePipeline(), aligned=FLAGS.aligned)
     cv2.imwrite(FLAGS.out, sheet[..., ::-1])
     print(f"wrote {FLAGS.out} ({len(items) - len(rejected)} faces); rejected: {rejected or 'none'}")

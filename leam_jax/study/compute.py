@@ -24,8 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from leam_jax import alignment, core, face_regions, stats
-from leam_jax.loader import FaceInput
+from leam_jax import core, stats
+from leam_jax.face import alignment, regions
+from leam_jax.study.loader import FaceInput
 
 FRAME = alignment.ANALYSIS_SIZE
 LAYER_GRID = 128  # per-layer maps are warped onto this grid of the frame, then pooled
@@ -91,7 +92,7 @@ def _layers_to_frame(per_layer: jax.Array, frame_to_model: jax.Array, size: int)
 def _post(overall, per_layer, f2m, labels, *, top_percents, map_size, layer_size, mean_layer_size):
     """Maps at the model input -> the analysis frame, pooled copies and region statistics (one batch)."""
     frame = _to_frame(overall, f2m)
-    rs = stats.region_stats(frame, labels, num_classes=len(face_regions.CLASSES), percents=top_percents)
+    rs = stats.region_stats(frame, labels, num_classes=len(regions.CLASSES), percents=top_percents)
     layers = _layers_to_frame(per_layer, f2m, mean_layer_size)
     return {"frame": frame, "overall": _pool_sum(frame, map_size), "layers_mean": layers,
             "layers": _pool_sum(layers, layer_size), "share": rs.share, "mass": rs.mass, "area": rs.area}

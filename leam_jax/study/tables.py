@@ -17,14 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from leam_jax import face_regions, verification
+from leam_jax import verification
+from leam_jax.face import regions
 
 N_BOOTSTRAP = 1000
 N_PERMUTATIONS = 1000
 MAX_BC_FACES = 4000  # all-pairs BC above this many faces uses a seeded subset of people
 MAX_GROUP_VALUES = 20  # attribute columns with more distinct values are not grouped by default
 MAX_PAIR_ROWS = 2000  # per kind, in bc_pairs.csv (histograms)
-CLASSES = face_regions.CLASSES
+CLASSES = regions.CLASSES
 _C = {c: i for i, c in enumerate(CLASSES)}
 # Derived regions (sums of classes) reported next to the classes themselves.
 DERIVED = {

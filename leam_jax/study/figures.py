@@ -31,7 +31,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FixedLocator, NullLocator, PercentFormatter
 
-from leam_jax import face_regions
+from leam_jax.face import regions
 
 DPI = 120
 # Okabe & Ito (2008), "Color Universal Design": distinguishable with all common colour-vision deficiencies.
@@ -138,7 +138,7 @@ def _outline_masks(labels: np.ndarray) -> list[tuple[str, np.ndarray, str, str]]
     labels = np.asarray(labels)
     out = [("face", labels > 0, "#BBBBBB", "-")]
     for name, classes, colour, style in REGION_OUTLINES:
-        ids = [face_regions.CLASS_ID[c] for c in classes]
+        ids = [regions.CLASS_ID[c] for c in classes]
         out.append((name, np.isin(labels, ids), colour, style))
     return out
 
@@ -310,40 +310,40 @@ def region_share_bars(rows: Sequence[Mapping[str, str]], path: str | Path, *, mo
     shown = [m for m in models if any(r["model"] == m for r in rows)]
     if not shown:
         raise NoData("region_shares.csv has no rows for the listed models")
-    regions = _unique(r["region"] for r in rows)
-    if CRITICAL_REGION in regions:  # the derived row goes last, after a separator
-        regions = [g for g in regions if g != CRITICAL_REGION] + [CRITICAL_REGION]
+    region_names = _unique(r["region"] for r in rows)
+    if CRITICAL_REGION in region_names:  # the derived row goes last, after a separator
+        region_names = [g for g in region_names if g != CRITICAL_REGION] + [CRITICAL_REGION]
     hues = [w for w in weightings if any(r["weighting"] == w for r in rows)]
-    x = np.arange(len(regions))
+    x = np.arange(len(region_names))
     width = 0.8 / max(1, len(hues))
-    fig = _new_figure(min(10.5, max(7.0, 0.5 * len(regions) * max(1, len(hues)) ** 0.5 + 2)), 2.6 * len(shown) + 1.2)
+    fig = _new_figure(min(10.5, max(7.0, 0.5 * len(region_names) * max(1, len(hues)) ** 0.5 + 2)), 2.6 * len(shown) + 1.2)
     axes = fig.subplots(len(shown), 1, squeeze=False, sharex=True)[:, 0]
     for ax, model in zip(axes, shown):
         by_key = {(r["weighting"], r["region"]): r for r in rows if r["model"] == model}
         for h, weighting in enumerate(hues):
-            mean = np.array([number(by_key.get((weighting, g), {}).get("share_mean")) for g in regions])
-            lo = np.array([number(by_key.get((weighting, g), {}).get("share_ci_low")) for g in regions])
-            hi = np.array([number(by_key.get((weighting, g), {}).get("share_ci_high")) for g in regions])
+            mean = np.array([number(by_key.get((weighting, g), {}).get("share_mean")) for g in region_names])
+            lo = np.array([number(by_key.get((weighting, g), {}).get("share_ci_low")) for g in region_names])
+            hi = np.array([number(by_key.get((weighting, g), {}).get("share_ci_high")) for g in region_names])
             err = np.nan_to_num(np.stack([mean - lo, hi - mean]), nan=0.0).clip(min=0.0)
             ax.bar(x - 0.4 + width * (h + 0.5), np.nan_to_num(mean, nan=0.0), width, yerr=err, capsize=2,
                    color=OKABE_ITO[h % len(OKABE_ITO)], edgecolor="black", linewidth=0.4,
                    error_kw={"elinewidth": 0.8, "ecolor": "#222222"})
         area = []
-        for g in regions:
+        for g in region_names:
             vals = [number(r["area_share_mean"]) for r in rows if r["model"] == model and r["region"] == g]
             vals = [v for v in vals if not math.isnan(v)]
             area.append(float(np.mean(vals)) if vals else math.nan)
         ok = ~np.isnan(area)
         ax.hlines(np.asarray(area)[ok], x[ok] - 0.45, x[ok] + 0.45, colors="black", linestyles="--", linewidth=1.2)
-        if CRITICAL_REGION in regions and len(regions) > 1:
-            ax.axvline(len(regions) - 1.5, color="#888888", linewidth=0.8)
+        if CRITICAL_REGION in region_names and len(region_names) > 1:
+            ax.axvline(len(region_names) - 1.5, color="#888888", linewidth=0.8)
         ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
         ax.set_ylim(bottom=0)
         ax.set_ylabel(f"share of top {pct:g}% pixels")
         ax.set_title(text(model), loc="left", fontweight="bold")
         ax.grid(axis="y", color="#DDDDDD", linewidth=0.6)
         ax.set_axisbelow(True)
-    axes[-1].set_xticks(x, [text(g) for g in regions], rotation=35, ha="right")
+    axes[-1].set_xticks(x, [text(g) for g in region_names], rotation=35, ha="right")
     handles = [Patch(facecolor=OKABE_ITO[h % len(OKABE_ITO)], edgecolor="black", label=text(w))
                for h, w in enumerate(hues)]
     handles.append(Line2D([], [], color="black", linestyle="--", label="area share of region"))

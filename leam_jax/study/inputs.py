@@ -10,7 +10,7 @@ import csv
 import dataclasses
 from pathlib import Path
 
-from leam_jax import data
+from leam_jax.face import decode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,11 +29,11 @@ class InputError(ValueError):
 def from_data_dir(data_dir: str | Path, *, max_people: int = 0, max_images_per_person: int = 0) -> list[Source]:
     """``data_dir/<person>/<image>`` (LFW, VGGFace2, CelebA-by-identity layout)."""
     try:
-        items = data.list_people(data_dir, max_people=max_people, max_images_per_person=max_images_per_person)
+        items = decode.list_people(data_dir, max_people=max_people, max_images_per_person=max_images_per_person)
     except FileNotFoundError as e:
         raise InputError(str(e)) from e
     if not items:
-        raise InputError(f"{data_dir}: no images in person sub-folders ({', '.join(sorted(data.IMAGE_SUFFIXES))})")
+        raise InputError(f"{data_dir}: no images in person sub-folders ({', '.join(sorted(decode.IMAGE_SUFFIXES))})")
     return [Source(it.path, it.person) for it in items]
 
 

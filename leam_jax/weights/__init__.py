@@ -1,0 +1,1 @@
+"""Converted weights: Orbax checkpoints, the manifest of pinned digests, and ``load(name)``."""
