@@ -16,11 +16,10 @@ import argparse
 import time
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from leam_jax import models, verification
+from leam_jax import core, models, verification
 from leam_jax.face import decode
 from leam_jax.face.pipeline import FacePipeline
 
@@ -42,7 +41,7 @@ def main() -> None:
             archive, dlib_resnet.SOURCE["members"][0].replace("dlib_face_recognition_resnet_model_v1", "shape_predictor_5_face_landmarks")))
     hog, predictor = dlib.get_frontal_face_detector(), dlib.shape_predictor(str(sp_path))
     model = models.load("dlib_resnet")
-    embed = jax.jit(lambda x: model.apply(model.params, x)[0])
+    embed = core.jit(lambda x: model.apply(model.params, x)[0])
     pipe = FacePipeline()
 
     items = [it for s in args.sets.split(",") for it in decode.list_people(FACES / s)]

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from leam_jax import core
+
 
 def chips(n: int) -> np.ndarray:
     from leam_jax.face import decode
@@ -64,7 +66,7 @@ def main() -> None:
 
     x = chips(args.batch)
     xs = [np.ascontiguousarray(c) for c in x]
-    embed = jax.jit(lambda im: model.apply(model.params, im)[0])
+    embed = core.jit(lambda im: model.apply(model.params, im)[0])
     xj = jnp.asarray(x)
     embed(xj).block_until_ready()  # compile
     recognizer.compute_face_descriptor(xs[:2])  # warm up

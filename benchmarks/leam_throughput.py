@@ -53,15 +53,15 @@ def main() -> None:
     apply, params, taps = model.apply, model.params, model.taps
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.integers(0, 256, (args.batch, 150, 150, 3)), jnp.float32)
-    emb = jax.jit(lambda x: apply(params, x)[0])(images)
+    emb = core.jit(lambda x: apply(params, x)[0])(images)
     refs = core.l2_normalize(jnp.roll(emb, 1, axis=0))
 
     def score(e):
         return core.identity_score(e, refs)
 
-    fwd_bwd = jax.jit(lambda p, x: jax.grad(lambda x: jnp.sum(score(apply(p, x)[0])))(x))
+    fwd_bwd = core.jit(lambda p, x: jax.grad(lambda x: jnp.sum(score(apply(p, x)[0])))(x))
 
-    leam_jit = jax.jit(lambda p, x: core.leam_maps(apply, p, x, target="identity", references=refs, taps=taps))
+    leam_jit = core.jit(lambda p, x: core.leam_maps(apply, p, x, target="identity", references=refs, taps=taps))
 
     def one_tap(tap):
         def f(p, x):
@@ -71,7 +71,7 @@ def main() -> None:
             (g,) = vjp(jnp.ones_like(s))
             m = core.resize_maps(core.layer_map(g, acts[tap], "gradcam"), x.shape[1:3])
             return core.normalize_maps(m)[0]
-        return jax.jit(f)
+        return core.jit(f)
 
     naive_fns = [one_tap(t) for t in taps]
 

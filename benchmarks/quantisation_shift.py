@@ -41,7 +41,7 @@ FOLD = 256.0 / 255.0  # converters.faceapi_dlib's "fold_255_to_256"
 
 
 def embed(model, params, images: np.ndarray, batch: int = 26) -> np.ndarray:
-    fn = jax.jit(lambda p, x: model.apply(p, x)[0])
+    fn = core.jit(lambda p, x: model.apply(p, x)[0])
     return np.concatenate([np.asarray(fn(params, jnp.asarray(images[i : i + batch], jnp.float32)))
                            for i in range(0, len(images), batch)])
 

@@ -13,11 +13,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from leam_jax import verification
+from leam_jax import core, verification
 from leam_jax.face import decode
 from leam_jax.face.pipeline import FacePipeline
 from leam_jax.models import REGISTRY, load
@@ -45,7 +44,7 @@ def main() -> None:
     for name in names:
         spec = REGISTRY[name]
         model = load(name)
-        embed = jax.jit(lambda x, m=model: m.apply(m.params, x)[0])
+        embed = core.jit(lambda x, m=model: m.apply(m.params, x)[0])
         crops = np.stack([pipe.model_input(img, f, spec.template)[0] for img, f in zip(images, faces)])
         emb = np.concatenate([np.asarray(embed(jnp.asarray(crops[i : i + 32], jnp.float32)))
                               for i in range(0, len(crops), 32)])

@@ -37,7 +37,7 @@ def dense_ids(persons: list[str]) -> np.ndarray:
 
 
 def embed_all(model, images: np.ndarray, batch_size: int) -> np.ndarray:
-    fn = jax.jit(lambda x: model.apply(model.params, x)[0])
+    fn = core.jit(lambda x: model.apply(model.params, x)[0])
     return batched(fn, images, batch_size)
 
 
@@ -65,7 +65,7 @@ def occlusion_comparison(
 ) -> dict[str, np.ndarray]:
     """Δcos per image when the top ``percent``% pixels of ``maps`` are occluded, and
     for as many random pixels (mean over ``seeds``)."""
-    embed = jax.jit(lambda x: model.apply(model.params, x)[0])
+    embed = core.jit(lambda x: model.apply(model.params, x)[0])
     out = {"leam": [], "random": []}
     prng = jax.random.PRNGKey(key)
     for i in range(0, len(images), batch_size):

@@ -18,10 +18,10 @@ from __future__ import annotations
 import io
 
 import cv2
-import jax
 import numpy as np
 import pytest
 
+from leam_jax import core
 from leam_jax.face import alignment, regions
 from leam_jax.models import bisenet
 from leam_jax.weights import checkpoint
@@ -76,7 +76,7 @@ def face_frames(faces_dir):
                      for it in picks])
 
 
-_apply_jit = jax.jit(bisenet.apply)
+_apply_jit = core.jit(bisenet.apply)
 
 
 def _compare(torch_logits: np.ndarray, jax_logits: np.ndarray, what: str) -> None:

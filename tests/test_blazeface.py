@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from leam_jax import core
 from leam_jax.face import detection
 from leam_jax.models import blazeface as bf
 
@@ -34,7 +35,7 @@ def test_conv_layers_match_lax(size, k, stride, padding):
     conv.bias[...] = jnp.asarray(rng.normal(size=5), jnp.float32)
     dw = bf.DepthwiseConv(6, k, stride=stride, padding=padding, rngs=nnx.Rngs(2))
 
-    @jax.jit
+    @core.jit
     def both(x, ck, cb, dk):
         ref_c = jax.lax.conv_general_dilated(x, ck, (stride, stride), padding, dimension_numbers=dn, precision=hi) + cb
         ref_d = jax.lax.conv_general_dilated(x, dk, (stride, stride), padding, dimension_numbers=dn,
@@ -54,7 +55,7 @@ def test_module_shapes_taps_and_bad_input():
     x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 256, 256, 3)), jnp.float32)
     zeros = {"s16": jnp.zeros((2, 16, 16, 96)), "s8": jnp.zeros((2, 8, 8, 96))}
 
-    @jax.jit
+    @core.jit
     def run(params, x, zeros):
         (reg, logits), (reg_p, _) = apply(params, x), apply(params, x, zeros)
         # The tap sits on the 8x8 features: d sum(cls8 logits) / d s8 is the cls8 kernel summed over its outputs.
@@ -99,7 +100,7 @@ def test_decode_known_box_and_keypoints():
     reg[i, 4:] = np.arange(12) - 5.0
     reg[j, :4] = [0.0, 0.0, 100.0, 60.0]
     logits[i], logits[j] = np.log(0.8 / 0.2), 150.0  # 150 is clipped to 100 before the sigmoid
-    boxes, kps, scores = jax.jit(detection.decode)(reg, logits)
+    boxes, kps, scores = core.jit(detection.decode)(reg, logits)
     np.testing.assert_allclose(np.asarray(boxes[i]), [88 + 4 - 20, 56 - 6 - 25, 88 + 4 + 20, 56 - 6 + 25], atol=1e-5)
     np.testing.assert_allclose(np.asarray(kps[i]), np.array([88.0, 56.0]) + (np.arange(12) - 5.0).reshape(6, 2), atol=1e-5)
     np.testing.assert_allclose(np.asarray(boxes[j]), [190, 50, 290, 110], atol=1e-5)
@@ -140,7 +141,7 @@ def test_weighted_nms_merges_two_overlapping_boxes_by_hand():
     boxes = np.array([[10, 10, 50, 50], [14, 12, 54, 52], [100, 100, 140, 150], [12, 10, 50, 48]], np.float32)
     kps = np.arange(4 * 12, dtype=np.float32).reshape(4, 6, 2)
     scores = np.array([0.9, 0.6, 0.7, 0.2], np.float32)  # the last is below min_score
-    out_b, out_k, out_s, valid = jax.jit(detection.weighted_nms, static_argnames=("max_detections",))(
+    out_b, out_k, out_s, valid = core.jit(detection.weighted_nms, static_argnames=("max_detections",))(
         boxes, kps, scores, iou_threshold=0.3, min_score=0.5, max_detections=4)
     assert valid.tolist() == [True, True, False, False]
     assert _iou_np(boxes[0], boxes[1]) > 0.3 and _iou_np(boxes[0], boxes[2]) == 0

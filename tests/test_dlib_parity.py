@@ -5,6 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from leam_jax import core
+
 pytestmark = [pytest.mark.weights, pytest.mark.dlib]
 
 THRESHOLD = 0.6  # dlib's same-person distance threshold
@@ -15,7 +17,7 @@ def dlib_descriptors(recognizer, chips: np.ndarray) -> np.ndarray:
 
 
 def flax_descriptors(model, chips: np.ndarray) -> np.ndarray:
-    embed = jax.jit(lambda x: model.apply(model.params, x)[0])
+    embed = core.jit(lambda x: model.apply(model.params, x)[0])
     return np.asarray(embed(jnp.asarray(chips)))
 
 

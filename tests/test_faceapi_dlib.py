@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 
 from converters import faceapi_dlib
+from leam_jax import core
 
 SCRIPT = Path(__file__).resolve().parent / "tfjs_runtime" / "faceapi_recognition.js"
 CHIPS = slice(0, 48, 4)  # 12 of the 52 dlib chips, all five people
@@ -191,7 +192,7 @@ def test_converted_weights_equal_faceapi_loaded_weights(faceapi_model, faceapi_r
 @pytest.mark.faces
 def test_embeddings_match_faceapi(faceapi_model, faceapi_run):
     chips, out = faceapi_run
-    ours = np.asarray(jax.jit(lambda x: faceapi_model.apply(faceapi_model.params, x)[0])(jnp.asarray(chips)))
+    ours = np.asarray(core.jit(lambda x: faceapi_model.apply(faceapi_model.params, x)[0])(jnp.asarray(chips)))
     err = np.abs(ours - out["descriptors"]).max()
     print(f"{len(chips)} chips: max abs diff vs face-api {err:.2e} (descriptor max |e| {np.abs(ours).max():.3f})")
     assert err <= 1e-4
@@ -227,11 +228,11 @@ def test_input_gradients_match_faceapi_tf_grad(faceapi_model, faceapi_dir, tfjs_
     theirs = run_faceapi(faceapi_dir, tfjs_runtime.RUNTIME, chips, cot)["grad"]
     m = faceapi_model
     loss = lambda p, x, c: jnp.sum(m.apply(p, x)[0] * c)
-    ours = np.asarray(jax.jit(jax.grad(loss, argnums=1))(m.params, jnp.asarray(chips), jnp.asarray(cot)))
+    ours = np.asarray(core.jit(jax.grad(loss, argnums=1))(m.params, jnp.asarray(chips), jnp.asarray(cot)))
     with jax.enable_x64(True):
         p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), m.params)
-        exact = np.asarray(jax.jit(jax.grad(loss, argnums=1))(p64, jnp.asarray(chips, jnp.float64), jnp.asarray(cot, jnp.float64)))
-    stem = np.asarray(jax.jit(lambda x: m.apply(m.params, x)[1]["stem"])(jnp.asarray(chips)))
+        exact = np.asarray(core.jit(jax.grad(loss, argnums=1))(p64, jnp.asarray(chips, jnp.float64), jnp.asarray(cot, jnp.float64)))
+    stem = np.asarray(core.jit(lambda x: m.apply(m.params, x)[1]["stem"])(jnp.asarray(chips)))
     rel = lambda a, b: float(np.linalg.norm(a - b) / np.linalg.norm(b))
     whole = np.array([rel(ours[i], theirs[i]) for i in range(len(chips))])
     floor = np.array([rel(ours[i], exact[i]) for i in range(len(chips))])

@@ -29,6 +29,7 @@ import pytest
 from flax import nnx
 
 from converters import tfjs_facemesh, tfjs_graph, tfjs_sources
+from leam_jax import core
 from leam_jax.face import decode, regions
 from leam_jax.models import facemesh
 from leam_jax.models.contract import abstract_flat
@@ -80,7 +81,7 @@ def params(model_json):
 @pytest.fixture(scope="module")
 def features_fn():
     graphdef, _ = nnx.split(facemesh.FaceMesh(rngs=nnx.Rngs(0)), nnx.Param)
-    return jax.jit(lambda p, x: nnx.merge(graphdef, p).features(x))
+    return core.jit(lambda p, x: nnx.merge(graphdef, p).features(x))
 
 
 @pytest.fixture(scope="module")
@@ -191,10 +192,10 @@ def test_prelu_alpha_sign_against_the_runtime(runs, files):
 def test_apply_single_vs_batch(runs, params):
     x, _, out, _ = runs
     apply, _ = facemesh.load()
-    mesh, flag = jax.jit(apply)(params, x)
+    mesh, flag = core.jit(apply)(params, x)
     assert mesh.shape == (x.shape[0], 468, 3) and flag.shape == (x.shape[0],)
     np.testing.assert_allclose(np.asarray(mesh), out["output_mesh"].reshape(-1, 468, 3), atol=1e-5)
-    one, flag1 = jax.jit(apply)(params, x[:1])
+    one, flag1 = core.jit(apply)(params, x[:1])
     # XLA itself differs by ~1e-4 px between batch sizes (float32 summation order).
     np.testing.assert_allclose(np.asarray(one[0]), np.asarray(mesh[0]), atol=PIXEL_ATOL)
     np.testing.assert_allclose(np.asarray(flag1[0]), np.asarray(flag[0]), atol=1e-6)

@@ -28,6 +28,7 @@ import pytest
 from flax import nnx
 
 from converters import facenet_pytorch as conv
+from leam_jax import core
 from leam_jax.models import contract, inception_resnet_v1
 from leam_jax.weights import checkpoint
 from tests.conftest import FACES
@@ -166,7 +167,7 @@ def test_gradient_parity_float64(source):
 
 def test_taps_shapes_and_perturbation(source):
     apply, params = source.jax_apply()
-    f = jax.jit(apply)
+    f = core.jit(apply)
     x = jnp.asarray(source.images[:2])
     emb, acts = f(params, x)
     assert emb.shape == (2, 512) and sorted(acts) == sorted(inception_resnet_v1.TAPS)  # jit returns dicts key-sorted

@@ -26,6 +26,7 @@ import pytest
 from flax import nnx
 
 from converters import onnx_mobilefacenet as conv
+from leam_jax import core
 from leam_jax.models import contract, mobilefacenet
 from leam_jax.weights import checkpoint
 from tests.conftest import FACES
@@ -185,7 +186,7 @@ def test_unfolded_export_gives_the_same_params(source):
 
 def test_taps_shapes_and_perturbation(source):
     apply, params = source.jax_apply()
-    f = jax.jit(apply)
+    f = core.jit(apply)
     x = jnp.asarray(source.images[:2])
     emb, acts = f(params, x)
     assert emb.shape == (2, 512) and sorted(acts) == sorted(mobilefacenet.TAPS["mbf"])  # jit returns dicts key-sorted

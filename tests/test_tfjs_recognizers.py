@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from leam_jax import core
 from leam_jax.models import faceres, mobileface
 
 # name -> (module, Flax class, embedding node, embedding atol vs TF.js, gradient rel-L2 bound)
@@ -54,13 +55,13 @@ def test_module_contract(cls, size, dim, shapes):
     model = cls(rngs=nnx.Rngs(0))
     apply, params = pure(model)
     x = jax.random.uniform(jax.random.key(1), (1, size, size, 3), maxval=255.0)
-    emb, acts = jax.jit(apply)(params, x)
+    emb, acts = core.jit(apply)(params, x)
     assert emb.shape == (1, dim) and set(acts) == set(model.taps) and len(model.taps) == len(set(model.taps))
     for tap, (s, c) in shapes.items():
         assert acts[tap].shape == (1, s, s, c), tap
     # A perturbation at a tap moves the embedding: zero perturbations give each tap's gradient.
     zeros = {t: jnp.zeros_like(a) for t, a in acts.items()}
-    grads = jax.jit(jax.grad(lambda p: apply(params, x, p)[0].sum()))(zeros)
+    grads = core.jit(jax.grad(lambda p: apply(params, x, p)[0].sum()))(zeros)
     assert all(float(jnp.abs(grads[t]).sum()) > 0 for t in model.taps)
     with pytest.raises(ValueError, match=rf"\[B, {size}, {size}, 3\]"):
         model(np.zeros((1, size + 1, size, 3), np.float32))
@@ -161,9 +162,9 @@ def _parity(name, chips, tfjs_runtime, human_model_json, n_embed, n_grad):
         grad_job = pool.submit(_tfjs_grad, model_json, x[:n_grad], cot, node)
         ref = np.concatenate([j.result()[node] for j in ref_jobs])
         _, g_ref = grad_job.result()
-    emb = np.asarray(jax.jit(apply)(params, x)[0])
+    emb = np.asarray(core.jit(apply)(params, x)[0])
     diff = np.abs(emb - ref).max()
-    g = np.asarray(jax.jit(jax.grad(lambda xx: jnp.sum(apply(params, xx)[0] * cot)))(x[:n_grad]))
+    g = np.asarray(core.jit(jax.grad(lambda xx: jnp.sum(apply(params, xx)[0] * cot)))(x[:n_grad]))
     g_rel = np.linalg.norm(g - g_ref) / np.linalg.norm(g_ref)
     print(f"\n{name}: embeddings of {len(x)} chips, max abs diff {diff:.2e} (max |e| {np.abs(ref).max():.2f}, "
           f"relative {diff / np.abs(ref).max():.1e}); input gradient of {n_grad} chips, relative L2 {g_rel:.1e}")
@@ -211,7 +212,7 @@ def test_verification_on_dlib_chips(chips, name, min_auc):
     mod, cls, *_ = MODELS[name]
     images, persons = chips
     apply, params = mod.load(name) if mod is faceres else mod.load()
-    fn = jax.jit(lambda x: apply(params, x)[0])
+    fn = core.jit(lambda x: apply(params, x)[0])
     x = _resize(images, cls.input_size)
     emb = np.concatenate([np.asarray(fn(x[i:i + 13])) for i in range(0, len(x), 13)])
     scores, same = verification.pair_scores(emb, persons)

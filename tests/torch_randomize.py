@@ -94,13 +94,15 @@ class EmbGrad:
         import jax.numpy as jnp
         import numpy as np
 
+        from leam_jax import core
+
         key = images.dtype
         if key not in self._jitted:
             def f(p, x):
                 emb = apply(p, x)[0]
                 return emb[:, self.component].sum(), emb
 
-            self._jitted[key] = jax.jit(jax.value_and_grad(f, argnums=1, has_aux=True))
+            self._jitted[key] = core.jit(jax.value_and_grad(f, argnums=1, has_aux=True))
         (_, emb), grad = self._jitted[key](params, jnp.asarray(images))
         return np.asarray(emb), np.asarray(grad)
 

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from leam_jax import core
 from leam_jax.batching import batched
 
 INPUT_SIZE = 256
@@ -230,12 +231,12 @@ class Detection:
         return float(max(self.box[2] - self.box[0], 0.0) * max(self.box[3] - self.box[1], 0.0))
 
 
-@functools.partial(jax.jit, static_argnames=("apply",))
+@core.jit(static_argnames=("apply",))
 def _network(apply, params, x):
     return apply(params, x)
 
 
-@functools.partial(jax.jit, static_argnames=("min_score", "iou_threshold", "max_detections"))
+@core.jit(static_argnames=("min_score", "iou_threshold", "max_detections"))
 def _postprocess(regressors, logits, *, min_score, iou_threshold, max_detections):
     boxes, kps, scores = decode(regressors, logits)
     nms = functools.partial(weighted_nms, iou_threshold=iou_threshold, min_score=min_score, max_detections=max_detections)

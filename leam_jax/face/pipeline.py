@@ -15,14 +15,13 @@ with the file and the reason.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from pathlib import Path
 
 import cv2
-import jax
 import jax.numpy as jnp
 import numpy as np
 
+from leam_jax import core
 from leam_jax.face import alignment, decode, detection, regions
 from leam_jax.models import bisenet, blazeface, facemesh
 
@@ -113,7 +112,7 @@ def _warp(image: np.ndarray, out_to_in: np.ndarray, size: tuple[int, int], *, an
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
-@functools.partial(jax.jit, static_argnames=("apply",))
+@core.jit(static_argnames=("apply",))
 def _mesh_net(apply, params, crops):
     mesh, flag = apply(params, facemesh.preprocess(crops))
     return mesh, flag

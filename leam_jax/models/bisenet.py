@@ -80,6 +80,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from leam_jax import core
 from leam_jax.face import alignment, regions
 from leam_jax.models import contract
 from leam_jax.weights import checkpoint
@@ -344,7 +345,7 @@ def _area_down(x: jax.Array, size: int) -> jax.Array:
     return jax.image.resize(x, (b, size, size, c), "linear", antialias=True)
 
 
-@functools.partial(jax.jit, static_argnames=("size",))
+@core.jit(static_argnames=("size",))
 def frame_logits(params, frames: jax.Array, size: int = INPUT_SIZE) -> jax.Array:
     """Logits [N, S, S, 19] in the analysis frame for frames [N, S, S, 3] (uint8 RGB).
 

@@ -16,7 +16,6 @@ embedding itself for ``self``).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import zlib
 from collections.abc import Sequence
 
@@ -88,7 +87,7 @@ def _layers_to_frame(per_layer: jax.Array, frame_to_model: jax.Array, size: int)
     return jax.vmap(one)(per_layer, frame_to_model)
 
 
-@functools.partial(jax.jit, static_argnames=("top_percents", "map_size", "layer_size", "mean_layer_size"))
+@core.jit(static_argnames=("top_percents", "map_size", "layer_size", "mean_layer_size"))
 def _post(overall, per_layer, f2m, labels, *, top_percents, map_size, layer_size, mean_layer_size):
     """Maps at the model input -> the analysis frame, pooled copies and region statistics (one batch)."""
     frame = _to_frame(overall, f2m)
@@ -98,11 +97,11 @@ def _post(overall, per_layer, f2m, labels, *, top_percents, map_size, layer_size
             "layers": _pool_sum(layers, layer_size), "share": rs.share, "mass": rs.mass, "area": rs.area}
 
 
-_top_mask = jax.jit(stats.top_percent_mask, static_argnames=("percent",))
-_random_masks = jax.jit(stats.random_masks, static_argnums=(1, 2))
+_top_mask = core.jit(stats.top_percent_mask, static_argnames=("percent",))
+_random_masks = core.jit(stats.random_masks, static_argnums=(1, 2))
 
 
-@functools.partial(jax.jit, static_argnames=("side", "percent"))
+@core.jit(static_argnames=("side", "percent"))
 def _frame_maps_to_model_masks(frame_maps, model_to_frame, *, side, percent):
     """Another model's frame maps [B, F, F] -> this model's input [B, side, side] (``warp_map``),
     then its top-p% there: the pixel count matches this model's own top-p% and random masks."""
@@ -167,9 +166,9 @@ class ModelWorker:
             return stats.occlusion_delta(lambda z: embed(params, z), x, masks, refs, fill=fill, key=key,
                                          clean_embeddings=clean)
 
-        self._embed = jax.jit(embed)
-        self._input_grad = jax.jit(input_grad)
-        self._occlusion = jax.jit(occlusion, static_argnames=("fill",))
+        self._embed = core.jit(embed)
+        self._input_grad = core.jit(input_grad)
+        self._occlusion = core.jit(occlusion, static_argnames=("fill",))
 
     def _put(self, x: np.ndarray) -> jax.Array:
         return jax.device_put(jnp.asarray(_pad(np.asarray(x), self.bs)), self._sharded)
