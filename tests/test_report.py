@@ -219,7 +219,7 @@ def test_figures_reject_empty_input(tmp_path):
 def test_figures_never_import_pyplot(tmp_path):
     code = (
         "import sys\n"
-        "from leam_jax import figures\n"
+        "from leam_jax.study import figures\n"
         "rows = [dict(weighting='gradcam', fill='mean', percent='1', source_model='a', target_model='a',"
         " dcos_mean='0.1', n='3')]\n"
         f"figures.transfer_heatmap(rows, {str(tmp_path / 't.png')!r}, models=['a'])\n"

