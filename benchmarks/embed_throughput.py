@@ -52,16 +52,13 @@ def main() -> None:
 
     import dlib
 
-    from converters import ensure_converted, sources
-    from converters.dlib_resnet import SOURCE
-    from leam_jax import models
+    from leam_jax.weights import load, manifest, packages, paths
 
-    ensure_converted("dlib_resnet", quiet=True)
-    model = models.load("dlib_resnet")
-    archive = sources.cache_dir() / "pypi" / SOURCE["archive"]
-    dat = Path(sources.cache_dir()) / "dlib_face_recognition_resnet_model_v1.dat"
+    model = load("dlib_resnet")  # converted on first use
+    dat = paths.cache_dir() / "dlib_face_recognition_resnet_model_v1.dat"
     if not dat.exists():
-        dat.write_bytes(sources.read_tar_member(archive, SOURCE["members"][0]))
+        member = manifest.pinned("dlib_resnet")["source"]["members"][0]
+        dat.write_bytes(packages.read_member(packages.pinned_archive("dlib_resnet"), member))
     recognizer = dlib.face_recognition_model_v1(str(dat))
 
     x = chips(args.batch)

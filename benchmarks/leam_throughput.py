@@ -47,9 +47,9 @@ def main() -> None:
     ap.add_argument("--weights", choices=["dlib", "random"], default="dlib")
     args = ap.parse_args()
 
-    from leam_jax import models
+    from leam_jax import models, weights
 
-    model = models.load("dlib_resnet") if args.weights == "dlib" else models.random_init("dlib_resnet")
+    model = weights.load("dlib_resnet") if args.weights == "dlib" else models.random_init("dlib_resnet")
     apply, params, taps = model.apply, model.params, model.taps
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.integers(0, 256, (args.batch, 150, 150, 3)), jnp.float32)

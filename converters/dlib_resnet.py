@@ -6,7 +6,7 @@ Two tables drive the conversion:
   from the same template aliases as dlib's ``dnn_face_recognition_ex.cpp``;
   the reader checks every record of the file against it.
 * ``mapping_table()``: each parameterised dlib layer (input side first) ->
-  the Flax parameter it fills, with the transpose rule in ``TRANSFORMS``.
+  the Flax parameter it fills, with the transpose rule in ``converters.mapping.TRANSFORMS``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from converters.dlib_dnn import Layer, read_network
+from converters.mapping import TRANSFORMS
 from leam_jax.models import dlib_resnet as model
 
 # --- the dlib template, top-down -------------------------------------------
@@ -58,13 +59,6 @@ def dlib_architecture() -> list[tuple[str, dict]]:
 
 
 # --- dlib layer -> Flax parameter ---------------------------------------------
-
-# How a dlib array becomes a Flax array: the transpose rules, in one place.
-TRANSFORMS = {
-    "oihw_to_hwio": lambda a: np.ascontiguousarray(np.transpose(a, (2, 3, 1, 0))),
-    "identity": lambda a: np.ascontiguousarray(a),
-}
-
 
 def mapping_table() -> list[tuple[str, str, str, str]]:
     """Rows (dlib kind, dlib param, flax key, transform), input side first."""

@@ -37,10 +37,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+from flax import nnx
 
 from converters import tfjs_graph
-from converters.tfjs_sources import apply_mapping
+from converters.mapping import apply_mapping
 from leam_jax.models import dlib_resnet as model
+from leam_jax.models.params import abstract_shapes
 
 MANIFEST_NAME = "face_recognition_model-weights_manifest.json"
 
@@ -53,15 +55,6 @@ BLOCKS = (
     ("conv256_down", "s4_b0"), ("conv256_1", "s4_b1"), ("conv256_2", "s4_b2"),
     ("conv256_down_out", "s5_b0"),
 )
-
-# How a face-api weight becomes a Flax array: the rules, in one place. TF.js keeps conv
-# filters HWIO and the fc matrix [in, out], as Flax does.
-TRANSFORMS = {
-    "identity": lambda a: np.ascontiguousarray(a),
-    # face-api scales the input by 1/255, DlibResNet by 1/256 (see the module docstring).
-    "fold_255_to_256": lambda a: np.ascontiguousarray(a.astype(np.float64) * (256.0 / 255.0)).astype(np.float32),
-}
-
 
 def _check_blocks() -> None:
     names = model.block_names()
@@ -80,7 +73,11 @@ def _conv_rows(prefix: str, conv: str, affine: str, kernel_rule: str = "identity
 
 
 def mapping_table() -> list[tuple[str, str, str]]:
-    """Rows (face-api weight name, Flax key, transform), input side first."""
+    """Rows (face-api weight name, Flax key, transform), input side first.
+
+    TF.js keeps conv filters HWIO and the fc matrix [in, out], as Flax does (rule ``identity``);
+    the stem kernel takes the 256/255 fold (rule ``fold_255_to_256``, see the module docstring).
+    """
     _check_blocks()
     rows = _conv_rows("conv32_down", "stem_conv", "stem_affine", "fold_255_to_256")
     for b, (theirs, _) in enumerate(BLOCKS):
@@ -108,22 +105,13 @@ def read_manifest_weights(files: dict[str, bytes], source: str) -> dict[str, np.
     return tfjs_graph.read_weights(manifest, [files[p] for p in paths], source)
 
 
-def _abstract_shapes() -> dict[str, tuple[int, ...]]:
-    from flax import nnx
-
-    from leam_jax.models.contract import abstract_flat
-
-    return {k: tuple(v.shape) for k, v in abstract_flat(lambda: model.DlibResNet(rngs=nnx.Rngs(0))).items()}
-
-
 def convert(files: dict[str, bytes], source: str, name: str = "dlib_resnet_faceapi") -> dict[str, np.ndarray]:
     """Weights manifest + .bin (base name -> bytes) -> flat Flax params {'a/b/c': array}."""
     if name not in SOURCES:
         raise KeyError(f"faceapi_dlib converts {sorted(SOURCES)}, not {name!r}")
     weights = read_manifest_weights(files, source)
-    # apply_mapping reads graph.weights only: a manifest without topology is a graph without nodes.
-    graph = tfjs_graph.TfjsGraph(source, {}, weights, [], [], {})
-    return apply_mapping(graph, mapping_table(), TRANSFORMS, set(weights), _abstract_shapes(), source)
+    target = abstract_shapes(lambda: model.DlibResNet(rngs=nnx.Rngs(0)))
+    return apply_mapping(weights, mapping_table(), set(weights), target, source)
 
 
 # --- where the weights come from ---------------------------------------------

@@ -29,7 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.torch_iresnet import fold, read_state_dict
+from converters.folding import fold
+from converters.mapping import TRANSFORMS
+from converters.torch_state_dict import bn_params, check_keys, read_state_dict
 from leam_jax.models import inception_resnet_v1 as model
 
 SOURCES: dict = {}  # user-supplied weights only
@@ -105,14 +107,6 @@ def torch_shapes() -> dict[str, tuple[int, ...]]:
 
 # --- unit -> Flax parameter -----------------------------------------------------
 
-# How a unit array becomes a Flax array: the transpose rules, in one place.
-TRANSFORMS = {
-    "oihw_to_hwio": lambda a: np.ascontiguousarray(np.transpose(a, (2, 3, 1, 0))),
-    "linear_oi_to_io": lambda a: np.ascontiguousarray(a.T),
-    "identity": lambda a: np.ascontiguousarray(a),
-}
-
-
 def mapping_table() -> list[tuple[str, str, str, str]]:
     """Rows (unit, unit param, flax key, transform), input side first."""
     rows = []
@@ -124,26 +118,12 @@ def mapping_table() -> list[tuple[str, str, str, str]]:
     return rows
 
 
-# --- reader: PyTorch state dict ---------------------------------------------------
-
-
-def _more(keys: list[str]) -> str:
-    return f" (+{len(keys) - 1} more)" if len(keys) > 1 else ""
+# --- reader: PyTorch state dict (converters.torch_state_dict) ---------------------
 
 
 def units_from_state_dict(sd: Mapping[str, np.ndarray], source: str) -> dict[str, dict[str, np.ndarray]]:
     """Strictly check the state dict against ``torch_shapes`` and fold it into units."""
-    want = torch_shapes()
-    optional = {k.rsplit(".", 1)[0] + ".num_batches_tracked" for k in want if k.endswith(".running_var")}
-    missing = [k for k in want if k not in sd]
-    extra = [k for k in sd if k not in want and k not in optional and k not in OPTIONAL_HEAD]
-    if missing:
-        raise ValueError(f"{source}: missing key {missing[0]!r}{_more(missing)} for facenet-pytorch InceptionResnetV1")
-    if extra:
-        raise ValueError(f"{source}: unexpected key {extra[0]!r}{_more(extra)} for facenet-pytorch InceptionResnetV1")
-    for k, shape in want.items():
-        if tuple(sd[k].shape) != shape:
-            raise ValueError(f"{source}: key {k!r} has shape {tuple(sd[k].shape)}, InceptionResnetV1 expects {shape}")
+    check_keys(sd, torch_shapes(), source, "facenet-pytorch InceptionResnetV1", also_allowed=OPTIONAL_HEAD)
     if any(k in sd for k in OPTIONAL_HEAD):  # the classifier: dropped, but it must be a well-formed Linear(512, N)
         w, b = (sd.get(k) for k in OPTIONAL_HEAD)
         if w is None or b is None or w.ndim != 2 or w.shape[1] != model.EMBEDDING_DIM or b.shape != (w.shape[0],):
@@ -152,7 +132,7 @@ def units_from_state_dict(sd: Mapping[str, np.ndarray], source: str) -> dict[str
                              "logits.bias [N])")
 
     def bn(m: str) -> tuple:
-        return (sd[f"{m}.weight"], sd[f"{m}.bias"], sd[f"{m}.running_mean"], sd[f"{m}.running_var"], BN_EPS)
+        return bn_params(sd, m, BN_EPS)
 
     out: dict[str, dict[str, np.ndarray]] = {}
     for p, *_, has_bn in convs():

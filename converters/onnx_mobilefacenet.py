@@ -18,9 +18,10 @@ is the 1x1 expand conv of the second residual bottleneck of stage 3):
   ``weight`` [512, 512], ``bias`` [512].
 
 ``mapping_table()`` sends each unit array to its Flax key through one rule of
-``TRANSFORMS``. Strict: a float initializer the walk did not use, a node that
-is neither walked nor part of the flatten's shape computation, or an
-embedding that is not the graph output is an error naming it.
+``converters.mapping.TRANSFORMS``; the graph is walked by
+``converters.onnx_graph``. Strict: a float initializer the walk did not use,
+a node that is neither walked nor part of the flatten's shape computation,
+or an embedding that is not the graph output is an error naming it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.torch_iresnet import _Graph, _linear_unit, _prelu_unit, fold_conv_bias_bn
+from converters.mapping import TRANSFORMS
+from converters.onnx_graph import OnnxGraph, conv_unit, linear_unit, prelu_unit
 from leam_jax.models import mobilefacenet as model
 
 SOURCES: dict = {}  # user-supplied weights only
@@ -86,15 +88,6 @@ def units(config: str) -> list[tuple[str, str, tuple, str]]:
 
 # --- unit -> Flax parameter -----------------------------------------------------
 
-# How a unit array becomes a Flax array: the transpose rules, in one place.
-TRANSFORMS = {
-    # [O, I/groups, kh, kw] -> [kh, kw, I/groups, O]: plain, grouped and depthwise convs alike.
-    "oihw_to_hwio": lambda a: np.ascontiguousarray(np.transpose(a, (2, 3, 1, 0))),
-    "linear_oi_to_io": lambda a: np.ascontiguousarray(a.T),
-    "identity": lambda a: np.ascontiguousarray(a),
-}
-
-
 def mapping_table(config: str) -> list[tuple[str, str, str, str]]:
     """Rows (unit, unit param, flax key, transform), input side first."""
     rows = []
@@ -111,25 +104,9 @@ def mapping_table(config: str) -> list[tuple[str, str, str, str]]:
 # --- reader: ONNX export, walked node by node ------------------------------------
 
 
-def _conv_unit(g: _Graph, t: str, what: str, cin: int, cout: int, k: int, stride: int, groups: int, pad: int):
-    """Conv (+ an unfolded BatchNormalization) with exactly this geometry; returns (output tensor, unit)."""
-    node = g.next(t, ("Conv",), what)
-    at = g.attrs(node)
-    got = (list(at.get("strides", [1, 1])), list(at.get("pads", [0, 0, 0, 0])), int(at.get("group", 1)),
-           list(at.get("dilations", [1, 1])))
-    want = ([stride] * 2, [pad] * 4, groups, [1, 1])
-    if got != want or at.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-        raise ValueError(f"{g.source}: Conv {node.name!r} ({what}): strides/pads/group/dilations {got}, expected {want}")
-    w = g.const(node.input[1], "weight", node)
-    if w.shape != (cout, cin // groups, k, k):
-        raise ValueError(f"{g.source}: Conv {node.name!r} ({what}): weight shape {w.shape}, "
-                         f"expected {(cout, cin // groups, k, k)}")
-    return fold_conv_bias_bn(g, node, w, what, cout)
-
-
 def units_from_onnx(data: bytes, config: str, source: str) -> dict[str, dict[str, np.ndarray]]:
     """Walk an ONNX export of MobileFaceNet from its input and fold it into units."""
-    g = _Graph(data, source)
+    g = OnnxGraph(data, source)
     first = g.consumers.get(g.input, [])
     if any(n.op_type in ("Sub", "Mul", "Div") for n in first):
         raise ValueError(f"{source}: the graph normalises its input itself ({[n.op_type for n in first]}); "
@@ -143,9 +120,10 @@ def units_from_onnx(data: bytes, config: str, source: str) -> dict[str, dict[str
         unit, kind, geo, _ = rows[r]
         r += 1
         if kind == "conv_bn":
-            t, out[unit] = _conv_unit(g, t, unit, *geo)
+            cin, cout, k, stride, groups, pad = geo
+            t, out[unit] = conv_unit(g, t, unit, cin, cout, k, stride, groups=groups, pad=pad)
         elif kind == "prelu":
-            t, out[unit] = _prelu_unit(g, t, unit, geo[0])
+            t, out[unit] = prelu_unit(g, t, unit, geo[0])
         return t
 
     for (_, kind, a), p in zip(model.layer_specs(config), torch_prefixes(config)):
@@ -158,24 +136,15 @@ def units_from_onnx(data: bytes, config: str, source: str) -> dict[str, dict[str
                 raise ValueError(f"{source}: Add {add.name!r} ({p}) does not add the bottleneck and its input")
             t = add.output[0]
     t = step(t)  # GDC depthwise 7x7 + BN
-    flat = g.next(t, ("Flatten", "Reshape"), "flatten")
-    if flat.op_type == "Flatten" and int(g.attrs(flat).get("axis", 1)) != 1:
-        raise ValueError(f"{source}: Flatten {flat.name!r} has axis {g.attrs(flat)['axis']}, expected 1")
-    if flat.op_type == "Reshape" and g.name(flat.input[1]) in g.consts:
-        shape = g.const(flat.input[1], "shape", flat)
-        if shape.shape != (2,) or shape[1] not in (-1, model.GDC_WIDTH):
-            raise ValueError(f"{source}: Reshape {flat.name!r} to {shape.tolist()}, expected [B, {model.GDC_WIDTH}]")
+    t = g.flatten(t, model.GDC_WIDTH)
     unit, _, (nin, nout), _ = rows[r]
-    t, out[unit] = _linear_unit(g, flat.output[0], "features.layers.2 + features.layers.3", nin, nout)
-    if g.name(t) not in g.outputs:
-        raise ValueError(f"{source}: the embedding tensor {t!r} is not a graph output {g.outputs}; extra nodes follow it")
+    t, out[unit] = linear_unit(g, t, "features.layers.2 + features.layers.3", nin, nout)
+    g.check_output(t)
     stray = [(n.op_type, n.name) for n in g.nodes if id(n) not in g.visited and n.op_type not in SHAPE_OPS]
     if stray:
         raise ValueError(f"{source}: graph node {stray[0]} is not part of MobileFaceNet"
                          + (f" (+{len(stray) - 1} more)" if len(stray) > 1 else ""))
-    unused = sorted(k for k in g.initializers - g.used if np.issubdtype(g.consts[k].dtype, np.floating))
-    if unused:
-        raise ValueError(f"{source}: unmapped initializer {unused[0]!r}" + (f" (+{len(unused) - 1} more)" if len(unused) > 1 else ""))
+    g.check_all_initializers_used()
     return out
 
 

@@ -8,7 +8,8 @@ Two tables drive the conversion:
   the file's graph against it node by node, so a changed stride, padding or
   skip connection is an error naming the node.
 * ``mapping_table()``: each TF.js weight constant -> the node that consumes it
-  -> the Flax parameter it fills, with its transform rule in ``TRANSFORMS``.
+  -> the Flax parameter it fills, with its transform rule in
+  ``converters.mapping.TRANSFORMS`` (TF conv kernels are already HWIO: ``identity``).
 
 ``blazeface.json`` and ``blazeface-back.json`` in human-models 3.0.4 hold
 the same graph and byte-identical weights (MediaPipe's 256x256 back-camera
@@ -21,29 +22,12 @@ import numpy as np
 from flax import nnx
 
 from converters import tfjs_graph
-from converters.tfjs_sources import graph_from_files, human_model_source
+from converters.human_models import human_model_source
+from converters.mapping import TRANSFORMS
 from leam_jax.models import blazeface as model
-from leam_jax.models.contract import abstract_flat
-from leam_jax.weights import checkpoint
+from leam_jax.models.params import abstract_flat, strict_merge
 
 PREFIX = "StatefulPartitionedCall/functional_1/"
-
-# How a TF.js array becomes a Flax array: the transform rules, in one place.
-# TF conv kernels are already HWIO. A TF depthwise kernel is [h, w, in, mult];
-# with mult == 1 it becomes nnx.Conv(feature_group_count=in)'s [h, w, 1, in].
-
-
-def _depthwise(a: np.ndarray) -> np.ndarray:
-    if a.ndim != 4 or a.shape[3] != 1:
-        raise ValueError(f"depthwise kernel {a.shape}: only channel multiplier 1 is supported")
-    return np.ascontiguousarray(np.transpose(a, (0, 1, 3, 2)))
-
-
-TRANSFORMS = {
-    "hwio": lambda a: np.ascontiguousarray(a),
-    "depthwise_hwim_to_hw1c": _depthwise,
-    "identity": lambda a: np.ascontiguousarray(a),
-}
 
 # Output nodes of the graph (batch fixed to 1 by their Reshape) and the 4-D
 # head convolutions before those reshapes (any batch), in anchor order:
@@ -66,27 +50,27 @@ def _const(k: int | None) -> str:
 def mapping_table() -> list[tuple[str, str, str, str]]:
     """Rows (TF.js const, consuming node, Flax key, transform), input side first."""
     rows = [
-        (_const(None), "conv2d/Relu", "stem/kernel", "hwio"),
+        (_const(None), "conv2d/Relu", "stem/kernel", "identity"),
         (_const(0), "conv2d/Relu", "stem/bias", "identity"),
     ]
     for i in range(len(model.BLOCKS)):
         dw, pw = f"depthwise_conv2d{_sfx(i)}/depthwise", f"conv2d_{i + 1}/BiasAdd"
         rows += [
-            (_const(1 + 4 * i), dw, f"blocks/{i}/dw/kernel", "depthwise_hwim_to_hw1c"),
-            (_const(3 + 4 * i), pw, f"blocks/{i}/pw/kernel", "hwio"),
+            (_const(1 + 4 * i), dw, f"blocks/{i}/dw/kernel", "depthwise_hwc1_to_hw1c"),
+            (_const(3 + 4 * i), pw, f"blocks/{i}/pw/kernel", "identity"),
             (_const(4 + 4 * i), pw, f"blocks/{i}/pw/bias", "identity"),
         ]
     rows += [
-        (_const(125), "depthwise_conv2d_31/depthwise", "down8_dw/kernel", "depthwise_hwim_to_hw1c"),
-        (_const(127), "re_lu_31/Relu", "down8_pw/kernel", "hwio"),
+        (_const(125), "depthwise_conv2d_31/depthwise", "down8_dw/kernel", "depthwise_hwc1_to_hw1c"),
+        (_const(127), "re_lu_31/Relu", "down8_pw/kernel", "identity"),
         (_const(128), "re_lu_31/Relu", "down8_pw/bias", "identity"),
-        (_const(129), "conv2d_36/BiasAdd", "reg8/kernel", "hwio"),
+        (_const(129), "conv2d_36/BiasAdd", "reg8/kernel", "identity"),
         (_const(130), "conv2d_36/BiasAdd", "reg8/bias", "identity"),
-        (_const(131), "conv2d_35/BiasAdd", "reg16/kernel", "hwio"),
+        (_const(131), "conv2d_35/BiasAdd", "reg16/kernel", "identity"),
         (_const(132), "conv2d_35/BiasAdd", "reg16/bias", "identity"),
-        (_const(133), "conv2d_34/BiasAdd", "cls8/kernel", "hwio"),
+        (_const(133), "conv2d_34/BiasAdd", "cls8/kernel", "identity"),
         (_const(134), "conv2d_34/BiasAdd", "cls8/bias", "identity"),
-        (_const(135), "conv2d_33/BiasAdd", "cls16/kernel", "hwio"),
+        (_const(135), "conv2d_33/BiasAdd", "cls16/kernel", "identity"),
         (_const(136), "conv2d_33/BiasAdd", "cls16/bias", "identity"),
     ]
     return rows
@@ -201,7 +185,7 @@ def convert(files: dict[str, bytes], source: str, name: str = "blazeface") -> di
     """Parse model.json + shards (base name -> bytes) into flat Flax params {'a/b/c': array}."""
     shards = sorted(k for k in files if not k.endswith(".json"))
     try:
-        graph = graph_from_files(files, source)
+        graph = tfjs_graph.graph_from_files(files, source)
     except tfjs_graph.TfjsFormatError as e:
         raise tfjs_graph.TfjsFormatError(f"{e} [weight shards: {', '.join(shards) or 'none'}]") from e
     check_graph(graph, source)
@@ -211,7 +195,7 @@ def convert(files: dict[str, bytes], source: str, name: str = "blazeface") -> di
             raise ValueError(f"{source}: mapping table fills {key!r} twice")
         flat[key] = TRANSFORMS[rule](graph.weights[const]).astype(np.float32)
     target = abstract_flat(lambda: model.BlazeFace(rngs=nnx.Rngs(0)))
-    return checkpoint.strict_merge(target, flat, f"{source} ({name})")
+    return strict_merge(target, flat, f"{source} ({name})")
 
 
 # --- where the weights come from ---------------------------------------------

@@ -6,7 +6,7 @@ Two tables drive the conversion:
   with the TF/Keras layer numbers its constants carry in the graph
   (``depthwise_conv2d_N``, ``conv2d_M``, ``p_re_lu_K``).
 * ``mapping_table()``: those rows expanded to (graph constant name, Flax key,
-  transform), the transforms in ``TRANSFORMS``.
+  transform), the transforms in ``converters.mapping.TRANSFORMS``.
 
 Before it copies a single weight the converter walks the graph along
 ``LAYERS`` and checks every node it passes: op, strides, padding, fused ops,
@@ -18,13 +18,15 @@ error naming the node, never a silently different model.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
+from flax import nnx
 
 from converters import tfjs_graph
-from converters.tfjs_sources import apply_mapping, graph_from_files, human_model_source
+from converters.human_models import human_model_source
+from converters.mapping import apply_mapping
+from converters.tfjs_walker import GraphWalker
 from leam_jax.models import facemesh as model
+from leam_jax.models.params import abstract_shapes
 
 P = "StatefulPartitionedCall/model_1/"
 
@@ -72,7 +74,6 @@ LAYERS: tuple[tuple[str, str, dict[str, int]], ...] = (
 )
 
 
-
 def _layer_input(path: str) -> str | None:
     """The layer whose output feeds ``path`` (None: the input placeholder)."""
     order = [p for p, _, _ in LAYERS]
@@ -83,17 +84,6 @@ def _layer_input(path: str) -> str | None:
 
 
 # --- graph constant -> Flax parameter -----------------------------------------
-
-# How a graph constant becomes a Flax array: the rules, in one place.
-TRANSFORMS = {
-    # TF and Flax both keep conv kernels HWIO.
-    "identity": lambda a: np.ascontiguousarray(a),
-    # DepthwiseConv2dNative [3, 3, C, 1] -> grouped nnx.Conv [3, 3, 1, C].
-    "depthwise_hwc1_to_hw1c": lambda a: np.ascontiguousarray(np.transpose(a, (0, 1, 3, 2))),
-    # Prelu alpha [1, 1, C] -> [C]. The constant is named p_re_lu_K/Neg (Keras folds -alpha), but the
-    # TF.js converter's PReLU fusion negated it back: it holds +alpha, used as x < 0 ? alpha * x : x.
-    "prelu_11c_to_c": lambda a: np.ascontiguousarray(a.reshape(-1)),
-}
 
 
 def _names(kind: str, n: dict[str, int]) -> dict[str, str]:
@@ -113,6 +103,8 @@ def _names(kind: str, n: dict[str, int]) -> dict[str, str]:
     raise ValueError(f"unknown layer kind {kind!r}")
 
 
+# Flax leaf -> transform rule. The PReLU constant is named p_re_lu_K/Neg (Keras folds -alpha), but the
+# TF.js converter's PReLU fusion negated it back: it holds +alpha, used as x < 0 ? alpha * x : x.
 _RULE = {"conv/kernel": "identity", "conv/bias": "identity", "alpha": "prelu_11c_to_c",
          "dw/kernel": "depthwise_hwc1_to_hw1c", "pw/kernel": "identity", "pw/bias": "identity",
          "kernel": "identity", "bias": "identity"}
@@ -127,74 +119,9 @@ def mapping_table() -> list[tuple[str, str, str]]:
 # --- checking the graph against the table -----------------------------------------
 
 
-def _strides(node: tfjs_graph.Node) -> int:
-    s = node.attr_list("strides")
-    if len(s) != 4 or s[0] != 1 or s[3] != 1 or s[1] != s[2]:
-        raise ValueError(f"node {node.name!r}: unexpected strides {s}")
-    return s[1]
-
-
-class GraphWalker:
-    """Follows the graph along LAYERS, recording every node it checks."""
-
-    def __init__(self, graph: tfjs_graph.TfjsGraph, source: str):
-        self.g, self.source, self.seen = graph, source, set()
-        self.outputs: dict[str, str] = {}  # layer path -> name of its output node
-
-    def fail(self, msg: str):
-        raise ValueError(f"{self.source}: {msg}")
-
-    def node(self, name: str, op: str) -> tfjs_graph.Node:
-        name = name.split(":")[0]
-        if name not in self.g.nodes:
-            self.fail(f"node {name!r} is missing")
-        n = self.g.nodes[name]
-        if n.op != op:
-            self.fail(f"node {name!r} is {n.op}, expected {op}")
-        if name in self.seen:
-            self.fail(f"node {name!r} is used twice by the layer table")
-        self.seen.add(name)
-        return n
-
-    def consumer(self, name: str, op: str) -> tfjs_graph.Node:
-        users = [c for c in self.g.consumers(name) if c.op == op]
-        if len(users) != 1:
-            self.fail(f"node {name!r}: expected one {op} consumer, found {[c.name for c in users]}")
-        return self.node(users[0].name, op)
-
-    def reader(self, const: str, op: str) -> tfjs_graph.Node:
-        """The one node of type ``op`` reading the constant ``const``."""
-        self.node(const, "Const")
-        users = self.g.consumers(const)
-        if len(users) != 1 or users[0].op != op:
-            self.fail(f"constant {const!r}: expected one {op} reader, found {[(u.name, u.op) for u in users]}")
-        return self.node(users[0].name, op)
-
-    def expect(self, node: tfjs_graph.Node, *, stride: int, padding: str, fused: list[str] | None = None):
-        if _strides(node) != stride:
-            self.fail(f"node {node.name!r}: stride {_strides(node)}, the model has {stride}")
-        if node.attr_str("padding") != padding:
-            self.fail(f"node {node.name!r}: padding {node.attr_str('padding')!r}, the model has {padding!r}")
-        if node.attr_list("dilations") not in ([], [1, 1, 1, 1]):
-            self.fail(f"node {node.name!r}: dilations {node.attr_list('dilations')}")
-        if node.attr_str("data_format") not in ("", "NHWC"):
-            self.fail(f"node {node.name!r}: data format {node.attr_str('data_format')!r}")
-        if fused is not None and node.attr_strs("fused_ops") != fused:
-            self.fail(f"node {node.name!r}: fused ops {node.attr_strs('fused_ops')}, expected {fused}")
-
-    def input_of(self, path: str) -> str:
-        prev = _layer_input(path)
-        return self.g.inputs[0] if prev is None else self.outputs[prev]
-
-    def same_input(self, node: tfjs_graph.Node, want: str, k: int = 0):
-        if node.inputs[k].split(":")[0] != want:
-            self.fail(f"node {node.name!r} reads {node.inputs[k]!r}, the layer table says {want!r}")
-
-    def int_const(self, name: str, want: list) -> None:
-        self.node(name, "Const")
-        got = np.asarray(self.g.weights[name]).tolist()
-        if got != want:
-            self.fail(f"constant {name!r} is {got}, expected {want}")
+def _input_of(w: GraphWalker, path: str) -> str:
+    prev = _layer_input(path)
+    return w.g.inputs[0] if prev is None else w.outputs[prev]
 
 
 def check_graph(graph: tfjs_graph.TfjsGraph, source: str) -> None:
@@ -209,7 +136,7 @@ def check_graph(graph: tfjs_graph.TfjsGraph, source: str) -> None:
     trunk = dict(enumerate(model.TRUNK))
     for path, kind, numbers in LAYERS:
         names = _names(kind, numbers)
-        src = w.input_of(path)
+        src = _input_of(w, path)
         if kind == "conv_prelu":
             conv = w.reader(names["conv/kernel"], "_FusedConv2D")
             stride = 2 if path == "stem" else 1
@@ -271,63 +198,19 @@ def check_graph(graph: tfjs_graph.TfjsGraph, source: str) -> None:
             sig = graph.signature.get("outputs", {}).get(model.SIGNATURE_OUTPUTS[head], {}).get("name", "")
             if sig.split(":")[0] != ident.name:
                 w.fail(f"signature output {model.SIGNATURE_OUTPUTS[head]!r} is {sig!r}, the layer table reaches {ident.name!r}")
-    unused = sorted(set(graph.nodes) - w.seen)
-    if unused:
-        w.fail(f"graph nodes not covered by the layer table: {unused[:8]}{' ...' if len(unused) > 8 else ''}")
-
-
-# Bytes per stored value (a quantised weight is stored as its quantization dtype).
-_ITEMSIZE = {"float32": 4, "int32": 4, "bool": 1, "float16": 2, "uint8": 1, "uint16": 2}
-
-
-def check_shards(files: dict[str, bytes], source: str) -> None:
-    """Shard bytes against the manifest, before parsing: a short or long .bin names itself."""
-    jsons = [k for k in files if k.endswith(".json")]
-    if len(jsons) != 1:
-        raise tfjs_graph.TfjsFormatError(f"{source}: expected one model.json among {sorted(files)}")
-    json_name = jsons[0]
-    try:
-        spec = json.loads(files[json_name])
-    except json.JSONDecodeError as e:
-        raise tfjs_graph.TfjsFormatError(f"{source}: {json_name} is not valid JSON ({e})") from e
-    for group in spec.get("weightsManifest", []):
-        want = 0
-        for wspec in group["weights"]:
-            stored = (wspec.get("quantization") or {}).get("dtype", wspec["dtype"])
-            if stored not in _ITEMSIZE:
-                raise tfjs_graph.TfjsFormatError(f"{source}: weight {wspec['name']!r} has unsupported dtype {stored}")
-            itemsize = _ITEMSIZE[stored]
-            want += int(np.prod([int(d) for d in wspec["shape"]], dtype=np.int64)) * itemsize
-        paths = group["paths"]
-        missing = [p for p in paths if p not in files]
-        if missing:
-            raise tfjs_graph.TfjsFormatError(f"{source}: weight shard(s) {missing} missing")
-        have = sum(len(files[p]) for p in paths)
-        if have != want:
-            raise tfjs_graph.TfjsFormatError(
-                f"{source}: weight shard(s) {', '.join(paths)} hold {have} bytes, {json_name} describes {want} "
-                f"({'truncated' if have < want else 'trailing bytes'}?)")
+    w.check_all_covered()
 
 
 def convert(files: dict[str, bytes], source: str, name: str = "facemesh") -> dict[str, np.ndarray]:
     """facemesh.json + facemesh.bin (base name -> bytes) -> flat Flax params {'a/b/c': array}."""
     if name != "facemesh":
         raise KeyError(f"tfjs_facemesh converts 'facemesh', not {name!r}")
-    check_shards(files, source)
-    graph = graph_from_files(files, source)
+    tfjs_graph.check_shards(files, source)
+    graph = tfjs_graph.graph_from_files(files, source)
     check_graph(graph, source)
-    target = _abstract_shapes()
-    table = mapping_table()
+    target = abstract_shapes(lambda: model.FaceMesh(rngs=nnx.Rngs(0)))
     consts = {n for n, node in graph.nodes.items() if node.op == "Const" and graph.weights[n].dtype == np.float32}
-    return apply_mapping(graph, table, TRANSFORMS, consts, target, source)
-
-
-def _abstract_shapes() -> dict[str, tuple[int, ...]]:
-    from flax import nnx
-
-    from leam_jax.models.contract import abstract_flat
-
-    return {k: tuple(v.shape) for k, v in abstract_flat(lambda: model.FaceMesh(rngs=nnx.Rngs(0))).items()}
+    return apply_mapping(graph.weights, mapping_table(), consts, target, source)
 
 
 # --- where the weights come from ---------------------------------------------

@@ -6,7 +6,8 @@ order, hold every weight back to back in manifest order. A weight is stored as
 its ``dtype`` (float32, int32, bool) or, when it has a ``quantization``
 entry, as float16, or as uint8/uint16 codes with ``value = code * scale +
 min``. The reader returns named numpy arrays and the nodes; any size mismatch
-or unknown type is an error naming the file.
+or unknown type is an error naming the file. :func:`check_shards` checks the
+shard sizes against the manifest before anything is parsed.
 """
 
 from __future__ import annotations
@@ -149,3 +150,41 @@ def load(model_json_path: str | Path) -> TfjsGraph:
                 raise TfjsFormatError(f"{path}: weight shard {f} is missing")
             shards[p] = f.read_bytes()
     return parse(text, shards, str(path))
+
+
+def check_shards(files: Mapping[str, bytes], source: str) -> None:
+    """Shard bytes against the manifest, before parsing: a short or long .bin names itself."""
+    json_name = _model_json_name(files, source)
+    try:
+        spec = json.loads(files[json_name])
+    except json.JSONDecodeError as e:
+        raise TfjsFormatError(f"{source}: {json_name} is not valid JSON ({e})") from e
+    for group in spec.get("weightsManifest", []):
+        want = 0
+        for wspec in group["weights"]:
+            stored = (wspec.get("quantization") or {}).get("dtype", wspec["dtype"])
+            if stored not in _STORED:
+                raise TfjsFormatError(f"{source}: weight {wspec['name']!r} has unsupported dtype {stored}")
+            want += int(np.prod([int(d) for d in wspec["shape"]], dtype=np.int64)) * _STORED[stored].itemsize
+        paths = group["paths"]
+        missing = [p for p in paths if p not in files]
+        if missing:
+            raise TfjsFormatError(f"{source}: weight shard(s) {missing} missing")
+        have = sum(len(files[p]) for p in paths)
+        if have != want:
+            raise TfjsFormatError(
+                f"{source}: weight shard(s) {', '.join(paths)} hold {have} bytes, {json_name} describes {want} "
+                f"({'truncated' if have < want else 'trailing bytes'}?)")
+
+
+def _model_json_name(files: Mapping[str, bytes], source: str) -> str:
+    jsons = [k for k in files if k.endswith(".json")]
+    if len(jsons) != 1:
+        raise TfjsFormatError(f"{source}: expected one model.json among {sorted(files)}")
+    return jsons[0]
+
+
+def graph_from_files(files: Mapping[str, bytes], source: str) -> TfjsGraph:
+    """Parse the model.json among ``files`` (base name -> bytes) with its shards."""
+    name = _model_json_name(files, source)
+    return parse(files[name], {k: v for k, v in files.items() if k != name}, source)

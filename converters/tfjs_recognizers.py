@@ -7,9 +7,10 @@ in ``SOURCES`` so its archive member is known, but ``convert`` refuses it: see
 ``EXCLUDED`` for why.
 
 As in ``tfjs_facemesh``, two tables drive each conversion: a mapping table
-(graph constant, Flax key, transform) with the transforms in ``TRANSFORMS``,
-and a graph check that walks the graph along the Flax model before a weight is
-copied, checking op, strides, padding, wiring and every structural constant
+(graph constant, Flax key, transform) with the transforms in
+``converters.mapping.TRANSFORMS``, and a graph check (``converters.tfjs_walker``)
+that walks the graph along the Flax model before a weight is copied,
+checking op, strides, padding, wiring and every structural constant
 (ReLU6 bounds, pads, the input normalisation, the flatten shape). Every node of
 the graph must be covered exactly once, by the model or by the explicitly
 listed, not converted, age/gender heads of faceres.
@@ -18,19 +19,14 @@ listed, not converted, age/gender heads of faceres.
 from __future__ import annotations
 
 import numpy as np
+from flax import nnx
 
 from converters import tfjs_graph
-from converters.tfjs_facemesh import GraphWalker, check_shards
-from converters.tfjs_sources import apply_mapping, graph_from_files, human_model_source
+from converters.human_models import human_model_source
+from converters.mapping import apply_mapping
+from converters.tfjs_walker import GraphWalker
 from leam_jax.models import faceres, mobileface
-
-# How a graph constant becomes a Flax array: the rules, in one place.
-TRANSFORMS = {
-    # TF and Flax both keep conv kernels HWIO, and a MatMul kernel [in, out] is a Linear kernel.
-    "identity": lambda a: np.ascontiguousarray(a),
-    # DepthwiseConv2dNative [3, 3, C, 1] -> grouped nnx.Conv [3, 3, 1, C].
-    "depthwise_hwc1_to_hw1c": lambda a: np.ascontiguousarray(np.transpose(a, (0, 1, 3, 2))),
-}
+from leam_jax.models.params import abstract_shapes
 
 # --- FaceRes ------------------------------------------------------------------------------
 
@@ -115,7 +111,7 @@ def check_faceres(graph: tfjs_graph.TfjsGraph, source: str) -> None:
             w.fail(f"node {name!r} reads {node.inputs}, expected {inputs}")
         for const in inputs[1:]:
             w.node(const, "Const")
-    _all_covered(w)
+    w.check_all_covered()
 
 
 def _bias(w: GraphWalker, prefix: str, src: str) -> str:
@@ -152,39 +148,31 @@ def _inputs(node: tfjs_graph.Node) -> list[str]:
     return [i.split(":")[0] for i in node.inputs]
 
 
-def _one(w: GraphWalker, src: str, op: str) -> tfjs_graph.Node:
-    """The one node of type ``op`` reading ``src`` (each recorded once)."""
-    users = [c for c in w.g.consumers(src) if c.op == op]
-    if len(users) != 1:
-        w.fail(f"node {src!r}: expected one {op} consumer, found {[c.name for c in users]}")
-    return w.node(users[0].name, op)
-
-
 def _pad1(w: GraphWalker, src: str) -> str:
-    pad = _one(w, src, "Pad")
+    pad = w.consumer(src, "Pad")
     w.int_const(pad.inputs[1], [[0, 0], [1, 1], [1, 1], [0, 0]])
     return pad.name
 
 
 def _prelu(w: GraphWalker, src: str, gamma: str) -> str:
     """``AddV2(Maximum(0, x), Mul(gamma, Minimum(0, x)))``; returns the AddV2."""
-    mx, mn = _one(w, src, "Maximum"), _one(w, src, "Minimum")
+    mx, mn = w.consumer(src, "Maximum"), w.consumer(src, "Minimum")
     for n in (mx, mn):
         if _inputs(n)[1] != src:
             w.fail(f"node {n.name!r} reads {n.inputs}, expected (0, {src!r})")
         w.int_const(n.inputs[0], 0.0)
-    mul = _one(w, mn.name, "Mul")
+    mul = w.consumer(mn.name, "Mul")
     if _inputs(mul) != [gamma, mn.name]:
         w.fail(f"node {mul.name!r} reads {mul.inputs}, expected [{gamma!r}, {mn.name!r}]")
     w.node(gamma, "Const")
-    add = _one(w, mul.name, "AddV2")
+    add = w.consumer(mul.name, "AddV2")
     if _inputs(add) != [mx.name, mul.name]:
         w.fail(f"node {add.name!r} reads {add.inputs}, expected [{mx.name!r}, {mul.name!r}]")
     return add.name
 
 
 def _conv(w: GraphWalker, src: str, op: str, kernel: str, stride: int) -> str:
-    conv = _one(w, src, op)
+    conv = w.consumer(src, op)
     w.expect(conv, stride=stride, padding="VALID")
     if _inputs(conv) != [src, kernel]:
         w.fail(f"node {conv.name!r} reads {conv.inputs}, expected [{src!r}, {kernel!r}]")
@@ -196,9 +184,9 @@ def check_mobileface(graph: tfjs_graph.TfjsGraph, source: str) -> None:
     """Raise ValueError naming the node wherever the graph differs from MobileFace."""
     w = GraphWalker(graph, source)
     _check_input(w, "data", mobileface.INPUT_SIZE)
-    sub = _one(w, "data", "Sub")
+    sub = w.consumer("data", "Sub")
     w.int_const(sub.inputs[1], [mobileface.MEAN])
-    mul = _one(w, sub.name, "Mul")
+    mul = w.consumer(sub.name, "Mul")
     w.int_const(mul.inputs[1], [mobileface.SCALE])
     x = _conv(w, _pad1(w, mul.name), "Conv2D", "conv1_weight", 2)
     x = _prelu(w, x, "prelu1_gamma")
@@ -213,21 +201,21 @@ def check_mobileface(graph: tfjs_graph.TfjsGraph, source: str) -> None:
         if len(res) != 1 or sorted(_inputs(res[0])) != sorted([x, skip]):
             w.fail(f"stage {k}: expected one AddV2({x!r}, {skip!r}), found {[(r.name, r.inputs) for r in res]}")
         x = w.node(res[0].name, "AddV2").name
-    reshape = _one(w, x, "Reshape")
+    reshape = w.consumer(x, "Reshape")
     w.int_const(reshape.inputs[1], [-1, mobileface.FINAL_SIZE ** 2 * mobileface.STAGES[-1]])
-    mm = _one(w, reshape.name, "MatMul")
+    mm = w.consumer(reshape.name, "MatMul")
     if _inputs(mm) != [reshape.name, "dense/kernel"] or mm.attr.get("transpose_b", {}).get("b", False):
         w.fail(f"node {mm.name!r} reads {mm.inputs}, expected [{reshape.name!r}, 'dense/kernel'] untransposed")
     w.node("dense/kernel", "Const")
-    bn = _one(w, mm.name, "Mul")
+    bn = w.consumer(mm.name, "Mul")
     if _inputs(bn) != [mm.name, "batchnorm0/mul"]:
         w.fail(f"node {bn.name!r} reads {bn.inputs}")
     w.node("batchnorm0/mul", "Const")
-    out = _one(w, bn.name, "AddV2")
+    out = w.consumer(bn.name, "AddV2")
     if out.name != MOBILEFACE_EMBEDDING or _inputs(out) != [bn.name, "batchnorm0/sub"]:
         w.fail(f"node {out.name!r} reads {out.inputs}, expected the embedding {MOBILEFACE_EMBEDDING!r}")
     w.node("batchnorm0/sub", "Const")
-    _all_covered(w)
+    w.check_all_covered()
 
 
 # --- shared ----------------------------------------------------------------------------------
@@ -240,12 +228,6 @@ def _check_input(w: GraphWalker, name: str, size: int) -> None:
     if dims[1:] != [size, size, 3]:
         w.fail(f"{name} has shape {dims}, the model takes [B, {size}, {size}, 3]")
     w.node(name, "Placeholder")
-
-
-def _all_covered(w: GraphWalker) -> None:
-    unused = sorted(set(w.g.nodes) - w.seen)
-    if unused:
-        w.fail(f"graph nodes not covered by the layer table: {unused[:8]}{' ...' if len(unused) > 8 else ''}")
 
 
 # Why a listed model is not converted.
@@ -271,14 +253,6 @@ _MODELS = {
 }
 
 
-def _abstract_shapes(cls) -> dict[str, tuple[int, ...]]:
-    from flax import nnx
-
-    from leam_jax.models.contract import abstract_flat
-
-    return {k: tuple(v.shape) for k, v in abstract_flat(lambda: cls(rngs=nnx.Rngs(0))).items()}
-
-
 def convert(files: dict[str, bytes], source: str, name: str) -> dict[str, np.ndarray]:
     """model.json + .bin (base name -> bytes) -> flat Flax params {'a/b/c': array}."""
     if name in EXCLUDED:
@@ -286,16 +260,16 @@ def convert(files: dict[str, bytes], source: str, name: str) -> dict[str, np.nda
     if name not in _MODELS:
         raise KeyError(f"tfjs_recognizers converts {sorted(_MODELS)}, not {name!r}")
     cls, table_fn, check, head_consts = _MODELS[name]
-    check_shards(files, source)
-    graph = graph_from_files(files, source)
+    tfjs_graph.check_shards(files, source)
+    graph = tfjs_graph.graph_from_files(files, source)
     check(graph, source)
-    target = _abstract_shapes(cls())
+    target = abstract_shapes(lambda: cls()(rngs=nnx.Rngs(0)))
     table = table_fn()
     # Float constants: the weights (table rows), structural scalars checked by value, the skipped heads.
     weights = {n for n, node in graph.nodes.items()
                if node.op == "Const" and graph.weights[n].dtype == np.float32 and graph.weights[n].ndim >= 1
                and n not in head_consts and graph.weights[n].size > 1}
-    return apply_mapping(graph, table, TRANSFORMS, weights, target, source)
+    return apply_mapping(graph.weights, table, weights, target, source)
 
 
 # --- where the weights come from -------------------------------------------------------------

@@ -11,9 +11,9 @@ an error naming it. ``num_batches_tracked`` entries are optional and unused.
 Every batch norm follows a bias-free convolution directly (zero padding comes
 before the convolution), so each one is folded into that convolution, in
 float64, then cast to float32: kernel ``w * gamma / sqrt(var + eps)``, bias
-``beta - mean * gamma / sqrt(var + eps)``. :func:`units` lists each
-convolution with the BN folded into it and its Flax module path; the
-transpose rule is one: OIHW -> HWIO.
+``beta - mean * gamma / sqrt(var + eps)`` (``converters.folding``). :func:`units`
+lists each convolution with the BN folded into it and its Flax module path;
+the transform rule is one: ``oihw_to_hwio`` (``converters.mapping``).
 
 The auxiliary heads ``conv_out16`` and ``conv_out32`` (training-time deep
 supervision, not used for parsing) are accepted, shape-checked and dropped;
@@ -27,7 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.torch_iresnet import fold, read_state_dict
+from converters.folding import fold
+from converters.mapping import TRANSFORMS
+from converters.torch_state_dict import batch_norms, bn_params, first_of, read_state_dict
 from leam_jax.models import bisenet as model
 
 SOURCES: dict = {}  # user-supplied weights only
@@ -102,26 +104,21 @@ def torch_shapes(*, aux: bool = False) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def _first(keys: list[str]) -> str:
-    return repr(keys[0]) + (f" (+{len(keys) - 1} more)" if len(keys) > 1 else "")
-
-
 def check_state_dict(sd: Mapping[str, np.ndarray], source: str) -> None:
     """Strict: every main-network key present with its shape; auxiliary heads whole or absent; nothing else."""
     want, aux = torch_shapes(), torch_shapes(aux=True)
-    bns = {k.rsplit(".", 1)[0] for k in (*want, *aux) if k.endswith(".running_var")}
-    optional = {f"{b}.num_batches_tracked" for b in bns}
+    optional = {f"{b}.num_batches_tracked" for b in batch_norms([*want, *aux])}
     missing = [k for k in want if k not in sd]
     if missing:
-        raise ValueError(f"{source}: missing key {_first(missing)} for the face-parsing BiSeNet")
+        raise ValueError(f"{source}: missing key {first_of(missing)} for the face-parsing BiSeNet")
     extra = [k for k in sd if k not in want and k not in aux and k not in optional]
     if extra:
-        raise ValueError(f"{source}: unexpected key {_first(extra)} for the face-parsing BiSeNet")
+        raise ValueError(f"{source}: unexpected key {first_of(extra)} for the face-parsing BiSeNet")
     for head in AUX_HEADS:
         keys = [k for k in aux if k.startswith(f"{head}.")]
         absent = [k for k in keys if k not in sd]
         if absent and len(absent) != len(keys):
-            raise ValueError(f"{source}: auxiliary head {head} is incomplete: missing key {_first(absent)}")
+            raise ValueError(f"{source}: auxiliary head {head} is incomplete: missing key {first_of(absent)}")
     for k, shape in {**want, **aux}.items():
         if k in sd and tuple(sd[k].shape) != shape:
             raise ValueError(f"{source}: key {k!r} has shape {tuple(sd[k].shape)}, the face-parsing BiSeNet expects {shape}")
@@ -135,11 +132,8 @@ def to_flat(sd: Mapping[str, np.ndarray], dtype=np.float32) -> dict[str, np.ndar
     """
     flat: dict[str, np.ndarray] = {}
     for u in units():
-        bn = None
-        if u.bn is not None:
-            bn = (sd[f"{u.bn}.weight"], sd[f"{u.bn}.bias"], sd[f"{u.bn}.running_mean"], sd[f"{u.bn}.running_var"], BN_EPS)
-        folded = fold(sd[f"{u.conv}.weight"], None, bn)
-        flat[f"{u.flax}/kernel"] = np.ascontiguousarray(np.transpose(folded["weight"], (2, 3, 1, 0))).astype(dtype)
+        folded = fold(sd[f"{u.conv}.weight"], None, None if u.bn is None else bn_params(sd, u.bn, BN_EPS))
+        flat[f"{u.flax}/kernel"] = TRANSFORMS["oihw_to_hwio"](folded["weight"]).astype(dtype)
         if u.bn is not None:  # bias-free convs without a BN stay bias-free
             flat[f"{u.flax}/bias"] = folded["bias"].astype(dtype)
     return flat

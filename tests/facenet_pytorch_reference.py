@@ -1,7 +1,7 @@
 """facenet-pytorch's own InceptionResnetV1, loaded from its PyPI wheel: the oracle of tests/test_facenet.py.
 
 The wheel is fetched once with ``pip download`` into the source cache
-(``converters.sources.pip_download``, sha256-pinned below) and
+(``leam_jax.weights.packages.fetch_archive``, sha256-pinned below) and
 ``facenet_pytorch/models/inception_resnet_v1.py`` is executed straight from
 it. That file imports ``requests`` and the package's download helper for
 its pretrained weights; only those imports are stubbed (the stubs raise if
@@ -27,9 +27,9 @@ _PKG = "_facenet_pytorch_wheel"  # a private package name: never shadows an inst
 
 def wheel_path():
     """The verified wheel in the source cache (fetched once); ``SourceError`` if it cannot be had."""
-    from converters import sources
+    from leam_jax.weights import packages
 
-    return sources.pip_download(WHEEL["package"], WHEEL["version"], WHEEL["archive"], WHEEL["sha256"])
+    return packages.fetch_archive(dict(WHEEL, kind="pypi"), WHEEL["sha256"])
 
 
 def _no_download(*args, **kwargs):

@@ -9,8 +9,8 @@ The state dict is saved to a temporary .pth and converted with
 (the dlib_johns chips resized to 256 as analysis-frame stand-ins; those tests
 skip when ../shared/faces is absent): max abs difference <= 1e-4 of the torch
 logits' max magnitude, argmax agreement >= 99.9% of pixels. One 512 pass
-checks the analysis-frame path (256 -> 512 bilinear -> parse -> 2x2 mean ->
-argmax) against the same steps in PyTorch.
+checks the analysis-frame path of ``leam_jax.face.parsing`` (256 -> 512
+bilinear -> parse -> 2x2 mean -> argmax) against the same steps in PyTorch.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 
 from leam_jax import core
-from leam_jax.face import alignment, regions
+from leam_jax.face import alignment, parsing, regions
 from leam_jax.models import bisenet
-from leam_jax.weights import checkpoint
+from leam_jax.models.params import ParamsError, flatten
 
 REL_TOL = 1e-4  # max |JAX - torch| / max |torch logits|
 AGREE = 0.999  # argmax agreement, fraction of pixels
@@ -135,9 +135,9 @@ def test_analysis_frame_labels_512(torch, ref, source, face_frames):
     # The parser itself at 512, on the very same resized input.
     x512_nhwc = x512.permute(0, 2, 3, 1).numpy()
     _compare(out.permute(0, 2, 3, 1).numpy(), np.asarray(_apply_jit(params, x512_nhwc)), "1 face + noise, 512")
-    got = np.asarray(bisenet.frame_logits(params, frames))
+    got = np.asarray(parsing.frame_logits(params, frames))
     _compare(want, got, "analysis frame (1 face + noise), parsed at 512, logits at 256")
-    labels = bisenet.bisenet_labels(frames, params)
+    labels = parsing.bisenet_labels(frames, params)
     assert labels.shape == (2, 256, 256) and labels.dtype == np.int32
     agree = float(np.mean(labels == want.argmax(-1)))
     print(f"bisenet_labels vs torch argmax: agreement {agree:.6f}")
@@ -217,17 +217,16 @@ def test_bad_files(torch, source, ref, tmp_path):
 
 @pytest.mark.torch
 def test_cli_convert_and_load(torch, source, tmp_path, monkeypatch, capsys):
-    """``python -m converters bisenet --source FILE`` -> checkpoint -> ``bisenet.load()`` gives the same params."""
+    """``python -m converters bisenet --source FILE`` -> checkpoint -> ``load_apply("bisenet")`` gives the same params."""
     from converters import __main__ as cli
-    from converters import sources
+    from leam_jax.weights import load_apply
 
     monkeypatch.setenv("LEAM_JAX_CHECKPOINTS", str(tmp_path / "ckpt"))
-    monkeypatch.setattr(sources, "LOCAL_MANIFEST", tmp_path / "manifest.local.json")
     _, path, _, flat, params = source
     assert cli.main(["bisenet", "--source", str(path)]) == 0
-    apply, loaded = bisenet.load()
+    apply, loaded = load_apply("bisenet")
     assert apply is bisenet.apply
-    got = checkpoint.flatten(loaded.to_pure_dict())
+    got = flatten(loaded.to_pure_dict())
     assert sorted(got) == sorted(flat) and all(np.array_equal(np.asarray(got[k]), flat[k]) for k in flat)
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"garbage")
@@ -236,12 +235,11 @@ def test_cli_convert_and_load(torch, source, tmp_path, monkeypatch, capsys):
 
 
 def test_load_without_checkpoint_says_how_to_convert(tmp_path, monkeypatch):
-    from converters import sources
+    from leam_jax.weights import load_apply, packages
 
     monkeypatch.setenv("LEAM_JAX_CHECKPOINTS", str(tmp_path / "empty"))
-    monkeypatch.setattr(sources, "LOCAL_MANIFEST", tmp_path / "manifest.local.json")
-    with pytest.raises(sources.SourceError, match="python -m converters bisenet --source PATH"):
-        bisenet.load()
+    with pytest.raises(packages.SourceError, match="python -m converters bisenet --source PATH"):
+        load_apply("bisenet")
 
 
 # --- helpers (torch oracles where cheap) ---------------------------------------------------
@@ -265,15 +263,15 @@ def test_bad_shapes():
     with pytest.raises(ValueError, match=r"BiSeNet expects RGB images \[B, H, W, 3\]"):
         bisenet.apply(params, np.zeros((1, 64, 64, 1), np.uint8))
     with pytest.raises(ValueError, match=r"frames must be \[N, S, S, 3\]"):
-        bisenet.bisenet_labels(np.zeros((256, 256, 3), np.uint8), params)
+        parsing.bisenet_labels(np.zeros((256, 256, 3), np.uint8), params)
     with pytest.raises(ValueError, match="labels19"):
-        bisenet.to_face_classes(np.full((4, 4), 19))
-    flat = checkpoint.flatten(params.to_pure_dict())
+        parsing.to_face_classes(np.full((4, 4), 19))
+    flat = flatten(params.to_pure_dict())
     del flat["ffm/conv2/kernel"]
-    with pytest.raises(checkpoint.CheckpointError, match="missing key 'ffm/conv2/kernel'"):
+    with pytest.raises(ParamsError, match="missing key 'ffm/conv2/kernel'"):
         bisenet.params_from_flat(flat, "cut")
     flat["ffm/conv2/kernel"] = np.zeros((1, 1, 64, 255), np.float32)
-    with pytest.raises(checkpoint.CheckpointError, match=r"key 'ffm/conv2/kernel' has shape \(1, 1, 64, 255\)"):
+    with pytest.raises(ParamsError, match=r"key 'ffm/conv2/kernel' has shape \(1, 1, 64, 255\)"):
         bisenet.params_from_flat(flat, "cut")
 
 
@@ -282,8 +280,8 @@ def test_bad_shapes():
 
 def test_class_mapping():
     ids, fr = bisenet.CLASS_ID, regions.CLASS_ID
-    assert len(bisenet.CLASSES) == bisenet.NUM_CLASSES == 19 and set(bisenet.TO_FACE_CLASS) == set(bisenet.CLASSES)
-    assert all(v is None or v in fr for v in bisenet.TO_FACE_CLASS.values())
+    assert len(bisenet.CLASSES) == bisenet.NUM_CLASSES == 19 and set(parsing.TO_FACE_CLASS) == set(bisenet.CLASSES)
+    assert all(v is None or v in fr for v in parsing.TO_FACE_CLASS.values())
     s = alignment.ANALYSIS_SIZE
     lab = np.zeros((s, s), np.int32)
     lab[10:20, 10:20] = ids["nose"]
@@ -294,16 +292,16 @@ def test_class_mapping():
     lab[100:110, 150:160] = ids["l_eye"]
     lab[80:90, 90:100] = ids["r_brow"]
     lab[80:90, 150:160] = ids["r_brow"]
-    out = bisenet.to_face_classes(lab)
+    out = parsing.to_face_classes(lab)
     assert out.dtype == np.int32 and out.shape == (s, s)
     assert out[15, 15] == fr["nose"] and out[35, 35] == fr["background"] and out[55, 55] == fr["background"]
     assert out[75, 65] == fr["u_lip"] and out[200, 200] == fr["background"]
     assert out[105, 95] == fr["r_eye"] and out[105, 155] == fr["l_eye"]
     assert out[85, 95] == fr["r_brow"] and out[85, 155] == fr["l_brow"]
-    kept = bisenet.to_face_classes(lab, by_side=False)
+    kept = parsing.to_face_classes(lab, by_side=False)
     assert kept[105, 95] == fr["l_eye"] and kept[85, 155] == fr["r_brow"]
     # Batched labels map row by row the same way.
-    np.testing.assert_array_equal(bisenet.to_face_classes(np.stack([lab, lab])), np.stack([out, out]))
+    np.testing.assert_array_equal(parsing.to_face_classes(np.stack([lab, lab])), np.stack([out, out]))
     # The midline: between the template's eye centres (x ~ 127.9 of 256).
     mid = alignment.analysis_template(s)[:2, 0].mean()
     assert 120 < mid < 136
@@ -330,7 +328,7 @@ def test_face_pipeline_parser_option(faces_dir):
     np.testing.assert_array_equal(mesh_face.labels, regions.label_map(mesh_face.frame_mesh, (256, 256)))
     np.testing.assert_array_equal(mesh_face.frame, bis_face.frame)  # the parser changes the labels only
     assert bis_face.labels19.shape == (256, 256) and bis_face.labels19.max() < 19
-    np.testing.assert_array_equal(bis_face.labels19, bisenet.bisenet_labels(bis_face.frame[None], params)[0])
-    np.testing.assert_array_equal(bis_face.labels, bisenet.to_face_classes(bis_face.labels19))
+    np.testing.assert_array_equal(bis_face.labels19, parsing.bisenet_labels(bis_face.frame[None], params)[0])
+    np.testing.assert_array_equal(bis_face.labels, parsing.to_face_classes(bis_face.labels19))
     with pytest.raises(ValueError, match="parser must be one of"):
         FacePipeline(parser="bogus")

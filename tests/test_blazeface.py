@@ -73,9 +73,9 @@ def test_module_shapes_taps_and_bad_input():
 
 
 def bf_random():
-    from leam_jax.models.contract import pure
+    from leam_jax.adapters import from_nnx
 
-    return pure(bf.BlazeFace(rngs=nnx.Rngs(0)))
+    return from_nnx(bf.BlazeFace(rngs=nnx.Rngs(0)))
 
 
 # --- anchors, decoding, NMS, letterbox (numpy oracles) ----------------------------
@@ -223,9 +223,7 @@ def test_converter_is_strict(human_model_json):
     flat = tfjs_blazeface.convert(files, str(path), "blazeface")
     assert len(flat) == 2 + 3 * len(bf.BLOCKS) + 3 + 8
     # Depthwise: TF [3, 3, C, 1] -> [3, 3, 1, C], values unchanged.
-    from converters.tfjs_sources import graph_from_files
-
-    g = graph_from_files(files, "x")
+    g = tfjs_graph.graph_from_files(files, "x")
     np.testing.assert_array_equal(flat["blocks/0/dw/kernel"][:, :, 0, :], g.weights["unknown_1"][:, :, :, 0])
 
     with pytest.raises(tfjs_graph.TfjsFormatError, match=r"truncated.*blazeface\.bin"):
@@ -257,7 +255,9 @@ def test_back_variant_holds_the_same_weights(human_model_json):
 
 @pytest.fixture(scope="module")
 def model():
-    return bf.load("blazeface")
+    from leam_jax.weights import load_apply
+
+    return load_apply("blazeface")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
-"""Orbax round trip, strict loading, and converter integrity checks."""
+"""Orbax round trip, strict loading, and converter integrity checks (registry package -> checkpoint)."""
 
-import json
 import shutil
 
 import numpy as np
@@ -9,6 +8,7 @@ from flax import nnx
 
 from leam_jax.models import REGISTRY, abstract_flat, random_init
 from leam_jax.models.contract import from_flat
+from leam_jax.models.params import ParamsError, flatten, strict_merge
 from leam_jax.weights import checkpoint
 
 
@@ -18,7 +18,7 @@ def dlib_target():
 
 def random_flat(seed=0):
     model = random_init("dlib_resnet", seed=seed)
-    return {k: np.asarray(v) for k, v in checkpoint.flatten(model.params.to_pure_dict()).items()}
+    return {k: np.asarray(v) for k, v in flatten(model.params.to_pure_dict()).items()}
 
 
 def test_roundtrip_is_bit_identical(tmp_path):
@@ -40,29 +40,29 @@ def test_real_weights_roundtrip_bit_identical(dlib_dat, tmp_path):
     back = checkpoint.restore(tmp_path / "ck")
     assert all(back[k].tobytes() == flat[k].tobytes() for k in flat)
     apply, params = from_flat(lambda: REGISTRY["dlib_resnet"].ctor(nnx.Rngs(0)), back, "ck")
-    restored = checkpoint.flatten(params.to_pure_dict())
+    restored = flatten(params.to_pure_dict())
     assert all(np.asarray(restored[k]).tobytes() == flat[k].tobytes() for k in flat)
 
 
 def test_strict_load_missing_key():
     flat = random_flat()
     del flat["blocks/3/conv2/kernel"]
-    with pytest.raises(checkpoint.CheckpointError, match=r"ck: missing key 'blocks/3/conv2/kernel'"):
-        checkpoint.strict_merge(dlib_target(), flat, "ck")
+    with pytest.raises(ParamsError, match=r"ck: missing key 'blocks/3/conv2/kernel'"):
+        strict_merge(dlib_target(), flat, "ck")
 
 
 def test_strict_load_extra_key():
     flat = random_flat()
     flat["blocks/3/conv3/kernel"] = np.zeros((3, 3, 64, 64), np.float32)
-    with pytest.raises(checkpoint.CheckpointError, match=r"unexpected key 'blocks/3/conv3/kernel'"):
-        checkpoint.strict_merge(dlib_target(), flat, "ck")
+    with pytest.raises(ParamsError, match=r"unexpected key 'blocks/3/conv3/kernel'"):
+        strict_merge(dlib_target(), flat, "ck")
 
 
 def test_strict_load_misshaped_key():
     flat = random_flat()
     flat["fc/kernel"] = flat["fc/kernel"].T
-    with pytest.raises(checkpoint.CheckpointError, match=r"key 'fc/kernel' has shape \(128, 256\), model expects \(256, 128\)"):
-        checkpoint.strict_merge(dlib_target(), flat, "ck")
+    with pytest.raises(ParamsError, match=r"key 'fc/kernel' has shape \(128, 256\), model expects \(256, 128\)"):
+        strict_merge(dlib_target(), flat, "ck")
 
 
 def test_strict_load_through_orbax_names_key(tmp_path):
@@ -70,7 +70,7 @@ def test_strict_load_through_orbax_names_key(tmp_path):
     flat["stem_affine/gamma"] = np.zeros((31,), np.float32)
     checkpoint.save(tmp_path / "ck", flat)
     back = checkpoint.restore(tmp_path / "ck")
-    with pytest.raises(checkpoint.CheckpointError, match="stem_affine/gamma"):
+    with pytest.raises(ParamsError, match="stem_affine/gamma"):
         from_flat(lambda: REGISTRY["dlib_resnet"].ctor(nnx.Rngs(0)), back, str(tmp_path / "ck"))
 
 
@@ -100,20 +100,14 @@ def test_damaged_checkpoint_names_path(tmp_path):
 
 @pytest.fixture
 def isolated_converter(tmp_path, monkeypatch, dlib_dat):
-    """Converter writing into tmp: its own checkpoint dir and manifest copy."""
-    from converters import sources
-
-    manifest = tmp_path / "manifest.json"
-    manifest.write_text(sources.MANIFEST.read_text() if sources.MANIFEST.exists() else "{}")
-    monkeypatch.setattr(sources, "MANIFEST", manifest)
-    monkeypatch.setattr(sources, "LOCAL_MANIFEST", tmp_path / "manifest.local.json")
+    """Converter writing into tmp: its own checkpoint dir (the local manifest lives beside it)."""
     monkeypatch.setenv("LEAM_JAX_CHECKPOINTS", str(tmp_path / "checkpoints"))
     return tmp_path
 
 
 @pytest.mark.weights
 def test_converter_rerun_is_noop_and_detects_damage(isolated_converter, capsys):
-    from converters import ensure_converted
+    from leam_jax.weights.convert import ensure_converted
 
     path = ensure_converted("dlib_resnet")
     stamp = {p: p.stat().st_mtime_ns for p in path.rglob("*")}
@@ -130,19 +124,20 @@ def test_converter_rerun_is_noop_and_detects_damage(isolated_converter, capsys):
 
 @pytest.mark.weights
 def test_converter_rejects_altered_source(isolated_converter, dlib_dat, monkeypatch):
-    from converters import ensure_converted, sources
     from converters.dlib_dnn import DlibFormatError
+    from leam_jax.weights import manifest, packages
+    from leam_jax.weights.convert import ensure_converted
 
-    manifest = json.loads(sources.MANIFEST.read_text())
-    assert list(manifest["dlib_resnet"]["source"]["member_sha256"].values()) == [sources.sha256_bytes(dlib_dat[0])]
+    pinned = manifest.pinned("dlib_resnet")
+    assert list(pinned["source"]["member_sha256"].values()) == [packages.sha256_bytes(dlib_dat[0])]
     truncated = isolated_converter / "cut.dat"
     truncated.write_bytes(dlib_dat[0][:-100])
     with pytest.raises(DlibFormatError, match=f"{truncated}: truncated file"):
-        ensure_converted("dlib_resnet", source_file=str(truncated))
+        ensure_converted("dlib_resnet", source_file=str(truncated), force=True)
     # A changed cached archive is refused by its sha256 before it is parsed.
     fake = isolated_converter / "cache"
     (fake / "sources" / "pypi").mkdir(parents=True)
     (fake / "sources" / "pypi" / "face_recognition_models-0.3.0.tar.gz").write_bytes(b"not the archive")
     monkeypatch.setenv("LEAM_JAX_CACHE", str(fake))
-    with pytest.raises(sources.SourceError, match=r"face_recognition_models-0\.3\.0\.tar\.gz: sha256 .* does not match"):
+    with pytest.raises(packages.SourceError, match=r"face_recognition_models-0\.3\.0\.tar\.gz: sha256 .* does not match"):
         ensure_converted("dlib_resnet", force=True)

@@ -132,7 +132,7 @@ def test_alignment_auc_within_002_of_dlib_pipeline(pipeline, shared_run, dlib, d
     model vs dlib's HOG + 5-point predictor + get_face_chip -> the same network."""
     import jax.numpy as jnp
 
-    from leam_jax import verification
+    from leam_jax import stats
 
     faces, _ = shared_run
     detector, predictor = dlib_landmarker
@@ -149,8 +149,9 @@ def test_alignment_auc_within_002_of_dlib_pipeline(pipeline, shared_run, dlib, d
     def auc(chips):
         x = np.stack(list(chips.values()))
         emb = np.concatenate([np.asarray(dlib_model.embed(jnp.asarray(x[i : i + 32]))) for i in range(0, len(x), 32)])
-        s, same = verification.pair_scores(emb, [Path(p).parent.name for p in chips], metric="euclidean")
-        return verification.roc_auc(s, same)
+        persons = [Path(p).parent.name for p in chips]
+        s, same = stats.pair_scores(emb, np.unique(persons, return_inverse=True)[1], metric="euclidean")
+        return float(stats.roc_auc(s, same))
 
     a_ours, a_dlib = auc(ours), auc(theirs)
     print(f"\nAUC ours {a_ours:.4f} ({len(ours)} images) vs dlib pipeline {a_dlib:.4f} ({len(theirs)} images)")

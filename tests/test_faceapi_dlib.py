@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 
 from converters import faceapi_dlib
+from converters.mapping import TRANSFORMS
 from leam_jax import core
 
 SCRIPT = Path(__file__).resolve().parent / "tfjs_runtime" / "faceapi_recognition.js"
@@ -42,7 +43,7 @@ def test_mapping_table_fills_every_param_once():
     from flax import nnx
 
     from leam_jax.models import dlib_resnet
-    from leam_jax.models.contract import abstract_flat
+    from leam_jax.models.params import abstract_flat
 
     table = faceapi_dlib.mapping_table()
     keys = [k for _, k, _ in table]
@@ -63,7 +64,7 @@ def test_fold_matches_faceapi_normalisation():
     with jax.enable_x64(True):
         ref = conv(jnp.asarray((x - mean) / 255.0), jnp.asarray(w))
         folded = conv(jnp.asarray((x - mean) / faceapi_dlib.model.RGB_SCALE),
-                      jnp.asarray(faceapi_dlib.TRANSFORMS["fold_255_to_256"](w).astype(np.float64)))
+                      jnp.asarray(TRANSFORMS["fold_255_to_256"](w).astype(np.float64)))
     ref = np.asarray(ref)
     np.testing.assert_allclose(np.asarray(folded), ref, rtol=0, atol=1e-6 * np.abs(ref).max())  # float32 kernel
 
@@ -71,14 +72,13 @@ def test_fold_matches_faceapi_normalisation():
 @pytest.fixture(scope="session")
 def faceapi_files() -> dict[str, bytes]:
     """The converter's input files, from the pinned package tarball."""
-    from converters import sources
+    from leam_jax.weights import packages
 
-    recorded = sources.load_manifest().get("dlib_resnet_faceapi", {}).get("source", {}).get("archive_sha256")
     try:
-        archive = sources.fetch_archive(faceapi_dlib.SOURCE, recorded)
-    except sources.SourceError as e:
+        archive = packages.pinned_archive("dlib_resnet_faceapi")
+    except packages.SourceError as e:
         pytest.skip(f"face-api package unavailable: {e}")
-    return {Path(m).name: sources.read_tar_member(archive, m) for m in faceapi_dlib.SOURCE["members"]}
+    return {Path(m).name: packages.read_member(archive, m) for m in faceapi_dlib.SOURCE["members"]}
 
 
 @pytest.mark.weights
@@ -104,15 +104,14 @@ def test_converter_is_strict(faceapi_files):
 @pytest.fixture(scope="session")
 def faceapi_dir(tfjs_runtime) -> Path:
     """face-api.node-wasm.js + the recognition weights, extracted from the pinned tarball."""
-    from converters import sources, tfjs_sources
+    from leam_jax.weights import manifest, packages
 
     if not (tfjs_runtime.RUNTIME / "node_modules" / "@tensorflow" / "tfjs-backend-wasm").is_dir():
         pytest.skip(f"@tensorflow/tfjs-backend-wasm (required by face-api.node-wasm.js) missing: npm ci --prefix {tfjs_runtime.RUNTIME}")
     spec = dict(faceapi_dlib.SOURCE, members=[*faceapi_dlib.SOURCE["members"], "package/dist/face-api.node-wasm.js"])
-    recorded = sources.load_manifest().get("dlib_resnet_faceapi", {}).get("source", {}).get("archive_sha256")
     try:
-        return tfjs_sources.extracted_model_json(spec, recorded).parent
-    except sources.SourceError as e:
+        return packages.extract(spec, manifest.pinned("dlib_resnet_faceapi")["source"]["archive_sha256"])
+    except packages.SourceError as e:
         pytest.skip(f"face-api package unavailable: {e}")
 
 
@@ -147,12 +146,11 @@ def run_faceapi(faceapi_dir: Path, runtime: Path, chips: np.ndarray | None = Non
 
 @pytest.fixture(scope="session")
 def faceapi_model():
-    from converters import sources
-    from leam_jax import models
+    from leam_jax.weights import load, packages
 
     try:
-        return models.load("dlib_resnet_faceapi")
-    except sources.SourceError as e:
+        return load("dlib_resnet_faceapi")
+    except packages.SourceError as e:
         pytest.skip(f"dlib_resnet_faceapi weights unavailable: {e}")
 
 
@@ -172,11 +170,11 @@ def faceapi_run(faceapi_dir, tfjs_runtime, johns_chips):
 def test_converted_weights_equal_faceapi_loaded_weights(faceapi_model, faceapi_run):
     """Every array equals what face-api holds after tf.io dequantises it (bit for bit), the stem
     kernel after undoing the 256/255 fold (within float32 rounding)."""
-    from leam_jax.weights import checkpoint
+    from leam_jax.models.params import flatten
 
     _, out = faceapi_run
     assert out["backend"].startswith("cpu tfjs 4.22")
-    ours = {k.removesuffix("/value"): v for k, v in checkpoint.flatten(faceapi_model.params).items()}
+    ours = {k.removesuffix("/value"): v for k, v in flatten(faceapi_model.params).items()}
     theirs = out["weights"]
     table = faceapi_dlib.mapping_table()
     assert sorted(theirs) == sorted(n for n, _, _ in table)

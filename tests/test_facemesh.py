@@ -28,11 +28,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from converters import tfjs_facemesh, tfjs_graph, tfjs_sources
+from converters import tfjs_facemesh, tfjs_graph
+from converters.mapping import TRANSFORMS
 from leam_jax import core
 from leam_jax.face import decode, regions
 from leam_jax.models import facemesh
-from leam_jax.models.contract import abstract_flat
+from leam_jax.models.params import abstract_flat, flatten
+from leam_jax.weights import load_apply
 
 ATOL = 1e-4
 PIXEL_ATOL = 3e-4  # mesh / contour coordinates in pixels (0..192); see the module docstring
@@ -75,7 +77,7 @@ def files(model_json) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def params(model_json):
     """Converted params, through the checkpoint + manifest path (converted on first use)."""
-    return facemesh.load()[1]
+    return load_apply("facemesh")[1]
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +105,7 @@ def test_mapping_table_covers_the_model():
     consts = [const for const, _, _ in table]
     assert sorted(keys) == sorted(abstract_flat(lambda: facemesh.FaceMesh(rngs=nnx.Rngs(0))))
     assert len(set(consts)) == len(consts) == 114
-    assert {rule for _, _, rule in table} <= set(tfjs_facemesh.TRANSFORMS)
+    assert {rule for _, _, rule in table} <= set(TRANSFORMS)
 
 
 @pytest.mark.weights
@@ -128,10 +130,8 @@ def test_converter_rejects_a_different_graph(files):
 
 @pytest.mark.weights
 def test_converted_checkpoint_matches_a_fresh_conversion(files, params):
-    from leam_jax.weights import checkpoint
-
     flat = tfjs_facemesh.convert(files, "test-source")
-    loaded = checkpoint.flatten(params.to_pure_dict())
+    loaded = flatten(params.to_pure_dict())
     assert sorted(flat) == sorted(loaded)
     for k in flat:
         np.testing.assert_array_equal(flat[k], np.asarray(loaded[k]), err_msg=k)
@@ -176,7 +176,7 @@ def test_prelu_alpha_sign_against_the_runtime(runs, files):
     x < 0 ? alpha * x : x with alpha = the stored p_re_lu_1/Neg value. TF.js agrees; the
     reading implied by the name (the constant holds -alpha) does not."""
     x, ref, _, _ = runs
-    g = tfjs_sources.graph_from_files(files, "test")
+    g = tfjs_graph.graph_from_files(files, "test")
     w = g.weights[f"{P}conv2d_1/Conv2D_weights"].astype(np.float64)
     b = g.weights[f"{P}conv2d_1/Conv2D_bn_offset"].astype(np.float64)
     alpha = g.weights[f"{P}p_re_lu_1/Neg"].astype(np.float64).reshape(-1)
@@ -191,7 +191,7 @@ def test_prelu_alpha_sign_against_the_runtime(runs, files):
 @pytest.mark.faces
 def test_apply_single_vs_batch(runs, params):
     x, _, out, _ = runs
-    apply, _ = facemesh.load()
+    apply, _ = load_apply("facemesh")
     mesh, flag = core.jit(apply)(params, x)
     assert mesh.shape == (x.shape[0], 468, 3) and flag.shape == (x.shape[0],)
     np.testing.assert_allclose(np.asarray(mesh), out["output_mesh"].reshape(-1, 468, 3), atol=1e-5)

@@ -30,6 +30,7 @@ from flax import nnx
 from converters import facenet_pytorch as conv
 from leam_jax import core
 from leam_jax.models import contract, inception_resnet_v1
+from leam_jax.models.params import ParamsError
 from leam_jax.weights import checkpoint
 from tests.conftest import FACES
 from tests.torch_randomize import refilled
@@ -87,13 +88,13 @@ class Source:
     """facenet-pytorch's InceptionResnetV1 with random weights, its .pt state dict and torch outputs (float32, float64)."""
 
     def __init__(self, tmp):
-        from converters import sources
+        from leam_jax.weights import packages
         from tests import facenet_pytorch_reference as ref
         from tests.torch_randomize import EmbGrad, randomize
 
         try:
             self.module = ref.load_module()
-        except sources.SourceError as e:
+        except packages.SourceError as e:
             pytest.skip(f"facenet-pytorch wheel (the oracle) unavailable: {e}")
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # on a busy 2-core machine, torch's thread pool spins: one thread is much faster
@@ -215,16 +216,14 @@ def test_strict_state_dict(source):
         conv.convert({"w.onnx": data}, "w.onnx", "facenet")
     with pytest.raises(ValueError, match="weights_only"):
         conv.convert({"x.pt": _pt_bytes({"x": object()})}, "x.pt", "facenet")
-    with pytest.raises(checkpoint.CheckpointError, match="missing key 'repeat_1/2/branch2/1/kernel'"):
+    with pytest.raises(ParamsError, match="missing key 'repeat_1/2/branch2/1/kernel'"):
         contract.from_flat(source.ctor, {k: v for k, v in ref.items() if k != "repeat_1/2/branch2/1/kernel"}, "t")
 
 
 def test_cli_converts_a_user_file(source, tmp_path, monkeypatch):
     from converters import __main__ as cli
-    from converters import sources
 
     monkeypatch.setenv("LEAM_JAX_CHECKPOINTS", str(tmp_path / "ckpt"))
-    monkeypatch.setattr(sources, "LOCAL_MANIFEST", tmp_path / "manifest.local.json")
     assert cli.main(["facenet", "--source", str(source.pt)]) == 0
     flat = checkpoint.restore(tmp_path / "ckpt" / "facenet")
     want = conv.to_flat(source.units())

@@ -22,8 +22,9 @@ import pytest
 from flax import nnx
 
 from converters import torch_iresnet as conv
-from leam_jax import core
+from leam_jax import adapters, core
 from leam_jax.models import contract, iresnet
+from leam_jax.models.params import ParamsError
 from leam_jax.weights import checkpoint
 from tests.torch_randomize import EmbGrad, refilled
 
@@ -144,7 +145,7 @@ def test_gradient_parity_float64(source, depth):
     sd = conv.read_state_dict(src.pth.read_bytes(), str(src.pth))
     flat64 = conv.to_flat(conv.units_from_state_dict(sd, depth, str(src.pth)), depth, dtype=np.float64)
     with jax.enable_x64(True):
-        apply, params = contract.pure(src.ctor())
+        apply, params = adapters.from_nnx(src.ctor())
         params = refilled(params, flat64)
         emb, grad = src.emb_and_grad(apply, params, src.images.astype(np.float64))
     assert grad.dtype == np.float64
@@ -243,9 +244,9 @@ def test_strict_onnx_and_flax_side(source):
         conv.convert({"m.bin": data}, "m.bin", "iresnet18")
     flat = src.flat("pth")
     ctor = lambda: iresnet.IResNet(18, rngs=nnx.Rngs(0))  # noqa: E731
-    with pytest.raises(checkpoint.CheckpointError, match="missing key 'blocks/3/prelu/alpha'"):
+    with pytest.raises(ParamsError, match="missing key 'blocks/3/prelu/alpha'"):
         contract.from_flat(ctor, {k: v for k, v in flat.items() if k != "blocks/3/prelu/alpha"}, "t")
-    with pytest.raises(checkpoint.CheckpointError, match="'fc/bias' has shape"):
+    with pytest.raises(ParamsError, match="'fc/bias' has shape"):
         contract.from_flat(ctor, dict(flat, **{"fc/bias": np.zeros(3, np.float32)}), "t")
 
 
@@ -270,12 +271,11 @@ def test_leam_self_maps(source):
 
 
 def test_cli_converts_a_user_file(source, tmp_path, monkeypatch):
-    from converters import build, sources
+    from leam_jax.weights.convert import ensure_converted
 
     monkeypatch.setenv("LEAM_JAX_CHECKPOINTS", str(tmp_path / "ckpt"))
-    monkeypatch.setattr(sources, "LOCAL_MANIFEST", tmp_path / "manifest.local.json")
     src = source(18)
-    path = build.ensure_converted("iresnet18", source_file=str(src.pth), quiet=True)
+    path = ensure_converted("iresnet18", source_file=str(src.pth), quiet=True)
     flat = checkpoint.restore(path)
     want = src.flat("pth")
     assert sorted(flat) == sorted(want) and all(np.array_equal(flat[k], want[k]) for k in want)

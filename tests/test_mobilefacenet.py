@@ -18,6 +18,7 @@ float64, see ``test_parity_onnx``).
 from __future__ import annotations
 
 import copy
+import json
 
 import jax
 import jax.numpy as jnp
@@ -264,15 +265,14 @@ def test_strict_onnx_graph(source):
 
 def test_cli_converts_a_user_file(source, tmp_path, monkeypatch):
     from converters import __main__ as cli
-    from converters import sources
 
     monkeypatch.setenv("LEAM_JAX_CHECKPOINTS", str(tmp_path / "ckpt"))
-    monkeypatch.setattr(sources, "LOCAL_MANIFEST", tmp_path / "manifest.local.json")
     assert cli.main(["mobilefacenet_onnx", "--source", str(source.onnx)]) == 0
     flat = checkpoint.restore(tmp_path / "ckpt" / "mobilefacenet_onnx")
     want = conv.to_flat(source.units(), "mbf")
     assert sorted(flat) == sorted(want) and all(np.array_equal(flat[k], want[k]) for k in want)
-    assert sources.read_json(tmp_path / "manifest.local.json")["mobilefacenet_onnx"]["converter"] == conv.__name__
+    local = json.loads((tmp_path / "ckpt" / "manifest.local.json").read_text())["mobilefacenet_onnx"]
+    assert local["converter"] == conv.__name__ and local["architecture"] == "mobilefacenet_onnx"
 
 
 @pytest.mark.slow

@@ -22,10 +22,10 @@ def bench():
 
 
 def test_quantisation_shift_is_small_but_real(bench, johns_chips, dlib_model):
-    from leam_jax import models
+    from leam_jax.weights import load
 
     chips, persons, _ = johns_chips
-    u8 = models.load("dlib_resnet_faceapi")
+    u8 = load("dlib_resnet_faceapi")
     e32, e8 = bench.embed(dlib_model, dlib_model.params, chips), bench.embed(u8, u8.params, chips)
     s = bench.embedding_shift(e32, e8, persons, bench.THRESHOLD)
     print(s)

@@ -32,7 +32,7 @@ def test_leam_runs_on_every_real_model(name, faces_dir, dlib_dat):
     import cv2
 
     from leam_jax.face import decode
-    from leam_jax.models import load
+    from leam_jax.weights import load
 
     spec = REGISTRY[name]
     model = load(name)

@@ -14,25 +14,20 @@ import pytest
 
 from leam_jax.face import decode
 from leam_jax.study import samples
+from leam_jax.weights import packages
 
 pytestmark = pytest.mark.weights
 
 
 @pytest.fixture(scope="module")
 def faceapi_archive():
-    from converters import faceapi_dlib, sources
-
-    recorded = sources.load_manifest().get(samples.MANIFEST_ENTRY, {}).get("source", {}).get("archive_sha256")
-    assert recorded, "checkpoints/manifest.json has no dlib_resnet_faceapi entry (python -m converters dlib_resnet_faceapi)"
     try:
-        return sources.fetch_archive(faceapi_dlib.FACEAPI, recorded)
-    except sources.SourceError as e:
+        return packages.pinned_archive(samples.MANIFEST_ENTRY)
+    except packages.SourceError as e:
         pytest.skip(f"face-api package unavailable: {e}")
 
 
 def test_sample_images(tmp_path, monkeypatch, faceapi_archive):
-    from converters import sources
-
     cache = tmp_path / "cache"
     npm_dir = cache / "sources" / "npm"
     npm_dir.mkdir(parents=True)
@@ -49,7 +44,7 @@ def test_sample_images(tmp_path, monkeypatch, faceapi_archive):
     assert [p.name for p in paths] == [f"sample{i}.jpg" for i in range(1, 7)]
     assert all(p.parent == cache / "samples" / "faceapi-1.7.15" for p in paths)
     for p in paths:
-        assert sources.sha256_file(p) == samples.SAMPLE_SHA256[p.name]
+        assert packages.sha256_file(p) == samples.SAMPLE_SHA256[p.name]
         h, w, c = decode.read_rgb(p).shape
         assert w == 1920 and 1200 < h < 1600 and c == 3
 
@@ -57,9 +52,9 @@ def test_sample_images(tmp_path, monkeypatch, faceapi_archive):
     assert samples.sample_images() == paths
 
     paths[2].write_bytes(b"not a jpeg")  # a damaged photo without a tarball: a clear error
-    with pytest.raises(sources.SourceError, match=r"npm is not installed.*--data_dir"):
+    with pytest.raises(packages.SourceError, match=r"npm is not installed.*--data_dir"):
         samples.sample_images()
 
     link.symlink_to(faceapi_archive)  # with it: restored from the verified tarball
     assert samples.sample_images() == paths
-    assert sources.sha256_file(paths[2]) == samples.SAMPLE_SHA256["sample3.jpg"]
+    assert packages.sha256_file(paths[2]) == samples.SAMPLE_SHA256["sample3.jpg"]

@@ -24,6 +24,7 @@ from flax import nnx
 
 from leam_jax import core
 from leam_jax.models import faceres, mobileface
+from leam_jax.weights import load
 
 # name -> (module, Flax class, embedding node, embedding atol vs TF.js, gradient rel-L2 bound)
 # FaceRes gradients cross 27 ReLU6 gates, where float32 rounding near a kink (0 or 6) can switch a
@@ -50,10 +51,10 @@ def _files(model_json: Path) -> dict[str, bytes]:
     (mobileface.MobileFace, 112, 256, {"stem": (56, 32), "stage1": (28, 32), "stage3": (7, 64), "stage4": (4, 128)}),
 ])
 def test_module_contract(cls, size, dim, shapes):
-    from leam_jax.models.contract import pure
+    from leam_jax.adapters import from_nnx
 
     model = cls(rngs=nnx.Rngs(0))
-    apply, params = pure(model)
+    apply, params = from_nnx(model)
     x = jax.random.uniform(jax.random.key(1), (1, size, size, 3), maxval=255.0)
     emb, acts = core.jit(apply)(params, x)
     assert emb.shape == (1, dim) and set(acts) == set(model.taps) and len(model.taps) == len(set(model.taps))
@@ -150,11 +151,12 @@ def _tfjs_grad(model_json: Path, x: np.ndarray, cot: np.ndarray, output: str) ->
 
 
 def _parity(name, chips, tfjs_runtime, human_model_json, n_embed, n_grad):
-    mod, cls, node, atol, grad_rtol = MODELS[name]
+    _, cls, node, atol, grad_rtol = MODELS[name]
     images, persons = chips
     model_json = human_model_json(name)
     x = _resize(images[_pick(persons, n_embed)], cls.input_size)
-    apply, params = mod.load(name) if mod is faceres else mod.load()
+    model = load(name)
+    apply, params = model.apply, model.params
     cot = np.random.default_rng(0).standard_normal((n_grad, cls.embedding_dim)).astype(np.float32)
     with ThreadPoolExecutor(2) as pool:  # two node processes on two cores
         halves = np.array_split(x, 2)
@@ -207,16 +209,17 @@ def test_faceres_variants_share_the_architecture_not_the_weights(human_model_jso
 def test_verification_on_dlib_chips(chips, name, min_auc):
     """Same-person cosines exceed different-person ones (dlib 150x150 chips resized, not the
     ArcFace 5-point alignment these models want: a sanity check, not a benchmark)."""
-    from leam_jax import verification
+    from leam_jax import stats
 
-    mod, cls, *_ = MODELS[name]
+    _, cls, *_ = MODELS[name]
     images, persons = chips
-    apply, params = mod.load(name) if mod is faceres else mod.load()
+    model = load(name)
+    apply, params = model.apply, model.params
     fn = core.jit(lambda x: apply(params, x)[0])
     x = _resize(images, cls.input_size)
     emb = np.concatenate([np.asarray(fn(x[i:i + 13])) for i in range(0, len(x), 13)])
-    scores, same = verification.pair_scores(emb, persons)
-    auc = verification.roc_auc(scores, same)
+    scores, same = stats.pair_scores(emb, np.unique(persons, return_inverse=True)[1])
+    auc = float(stats.roc_auc(scores, same))
     print(f"\n{name}: {len(x)} chips, {len(set(persons))} persons, AUC {auc:.3f}, "
           f"mean cosine same {scores[same].mean():.3f} / different {scores[~same].mean():.3f}")
     assert scores[same].mean() > scores[~same].mean() and auc >= min_auc

@@ -10,8 +10,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax import nnx
 
-from leam_jax.adapters import from_haiku, from_linen, haiku_tap
-from leam_jax.models.contract import pure
+from leam_jax.adapters import TapRecorder, from_haiku, from_linen, from_nnx
 
 SIZE, DIM = 16, 5
 
@@ -24,25 +23,17 @@ class TinyNNX(nnx.Module):
         self.fc = nnx.Linear(8, DIM, rngs=rngs)
 
     def __call__(self, x, perturbations=None):
-        acts = {}
-
-        def tap(name, v):
-            if perturbations is not None and name in perturbations:
-                v = v + perturbations[name]
-            acts[name] = v
-            return v
-
+        tap = TapRecorder("TinyNNX", ("c1", "dead", "c2", "c3"), perturbations)
         x = x / 255.0
         h = tap("c1", jax.nn.relu(self.c1(x)))
         tap("dead", h[..., :2] * 0.0 + 1.0)  # constant: its gradient is exactly zero
         h = tap("c2", jax.nn.relu(self.c2(h)))
         h = tap("c3", jax.nn.relu(self.c3(h)))
-        return self.fc(jnp.mean(h, axis=(1, 2))), acts
+        return self.fc(jnp.mean(h, axis=(1, 2))), tap.acts
 
 
 def nnx_model(seed=0):
-    apply, params = pure(TinyNNX(nnx.Rngs(seed)))
-    return apply, params
+    return from_nnx(TinyNNX(nnx.Rngs(seed)))
 
 
 class TinyLinen(nn.Module):
@@ -63,12 +54,12 @@ def linen_model(seed=0):
 
 
 def _haiku_forward(images, perturbations=None):
-    acts = {}
+    tap = TapRecorder("TinyHaiku", ("c1", "c2", "c3"), perturbations)
     x = images / 255.0
     for name, feats, stride in (("c1", 4, 1), ("c2", 6, 2), ("c3", 8, 2)):
         x = jax.nn.relu(hk.Conv2D(feats, 3, stride=stride, name=name + "_conv")(x))
-        x = haiku_tap(name, x, perturbations, acts)
-    return hk.Linear(DIM)(jnp.mean(x, axis=(1, 2))), acts
+        x = tap(name, x)
+    return hk.Linear(DIM)(jnp.mean(x, axis=(1, 2))), tap.acts
 
 
 _HAIKU = hk.transform(_haiku_forward)

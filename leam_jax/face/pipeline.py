@@ -22,8 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from leam_jax import core
-from leam_jax.face import alignment, decode, detection, regions
-from leam_jax.models import bisenet, blazeface, facemesh
+from leam_jax.face import alignment, decode, detection, parsing, regions
+from leam_jax.models import facemesh
+from leam_jax.weights import load_apply
 
 # Mesh vertices behind the 5 analysis points, image-left first for an upright
 # face (the subject's right eye is on the image left).
@@ -64,7 +65,7 @@ class AlignedFace:
     frame: np.ndarray  # [S, S, 3] uint8, the face in the analysis frame
     labels: np.ndarray  # [S, S] int, regions.CLASSES ids
     # parser="bisenet" only: [S, S] int, the 19 BiSeNet (CelebAMask-HQ) class ids
-    # (leam_jax.models.bisenet.CLASSES); ``labels`` is then their mapping to regions.CLASSES.
+    # (leam_jax.models.bisenet.CLASSES); ``labels`` is then their mapping to regions.CLASSES (leam_jax.face.parsing).
     labels19: np.ndarray | None = None
 
     @property
@@ -124,10 +125,10 @@ class FacePipeline:
     ``parser`` chooses the face parser behind ``AlignedFace.labels``: ``"mesh"``
     (default) rasterises the mesh polygons (:mod:`leam_jax.face.regions`);
     ``"bisenet"`` runs the 19-class BiSeNet on the analysis frame
-    (:func:`leam_jax.models.bisenet.bisenet_labels`) with ``parser_params``
+    (:func:`leam_jax.face.parsing.bisenet_labels`) with ``parser_params``
     (default: the user's converted checkpoint, ``python -m converters bisenet
     --source 79999_iter.pth``), keeps its labels in ``AlignedFace.labels19`` and
-    maps them to ``regions.CLASSES`` (:func:`~leam_jax.models.bisenet.to_face_classes`).
+    maps them to ``regions.CLASSES`` (:func:`~leam_jax.face.parsing.to_face_classes`).
     """
 
     def __init__(self, *, min_face_px: int = MIN_FACE_PX, min_score: float = detection.MIN_SCORE,
@@ -138,9 +139,9 @@ class FacePipeline:
         self.parser = parser
         self.parser_params = parser_params
         if parser == "bisenet" and parser_params is None:
-            self.parser_params = bisenet.load()[1]
-        self.det_apply, self.det_params = blazeface.load()
-        self.mesh_apply, self.mesh_params = facemesh.load()
+            self.parser_params = load_apply("bisenet")[1]
+        self.det_apply, self.det_params = load_apply("blazeface")
+        self.mesh_apply, self.mesh_params = load_apply("facemesh")
         self.min_face_px = min_face_px
         self.min_score = min_score
         self.all_faces = all_faces
@@ -210,8 +211,8 @@ class FacePipeline:
             frame = _warp(image, alignment.invert_affine(to_frame), (self.frame_size, self.frame_size))
             labels19 = None
             if self.parser == "bisenet":
-                labels19 = bisenet.bisenet_labels(frame[None], self.parser_params)[0]
-                labels = bisenet.to_face_classes(labels19)
+                labels19 = parsing.bisenet_labels(frame[None], self.parser_params)[0]
+                labels = parsing.to_face_classes(labels19)
             else:
                 labels = regions.label_map(_apply(to_frame, mesh[:, :2]), (self.frame_size, self.frame_size))
             out.append(AlignedFace(str(path), i, d.score, d.box, mesh, p5, to_frame, frame, labels, labels19))

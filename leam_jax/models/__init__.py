@@ -1,7 +1,8 @@
-"""Model registry: ``load(name)`` gives a :class:`FaceModel` with converted weights.
+"""Model registry: architectures, their taps and facts; ``random_init(name)`` for tests.
 
-Weights are converted on first use (``converters``) and restored strictly
-from the Orbax checkpoint, verified against ``checkpoints/manifest.json``.
+Converted weights are loaded by :func:`leam_jax.weights.load` (verified
+against the pinned digests, converted on first use); this package holds no
+file I/O.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from collections.abc import Callable
 
 from flax import nnx
 
+from leam_jax.adapters import from_nnx
 from leam_jax.models import dlib_resnet, faceres, inception_resnet_v1, iresnet, mobileface, mobilefacenet
-from leam_jax.models.contract import FaceModel, abstract_flat, load_converted, pure
+from leam_jax.models.contract import FaceModel
+from leam_jax.models.params import abstract_flat
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,20 +134,11 @@ REGISTRY["facenet"] = ModelSpec(
 )
 
 
-def load(name: str, *, convert: bool = True) -> FaceModel:
-    """Load a registry model with its converted weights (converting if needed)."""
-    if name not in REGISTRY:
-        raise KeyError(f"unknown model {name!r}; known: {sorted(REGISTRY)}")
-    spec = REGISTRY[name]
-    apply, params = load_converted(name, lambda: spec.ctor(nnx.Rngs(0)), convert=convert)
-    return FaceModel(name, apply, params, spec.taps, spec.input_size, spec.embedding_dim)
-
-
 def random_init(name: str, seed: int = 0) -> FaceModel:
     """A registry architecture with random weights (tests, no downloads)."""
     spec = REGISTRY[name]
-    apply, params = pure(spec.ctor(nnx.Rngs(seed)))
+    apply, params = from_nnx(spec.ctor(nnx.Rngs(seed)))
     return FaceModel(name, apply, params, spec.taps, spec.input_size, spec.embedding_dim)
 
 
-__all__ = ["REGISTRY", "FaceModel", "ModelSpec", "abstract_flat", "load", "random_init"]
+__all__ = ["REGISTRY", "FaceModel", "ModelSpec", "abstract_flat", "random_init"]

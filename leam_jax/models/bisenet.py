@@ -32,43 +32,8 @@ folds each eval-mode BN into that convolution (kernel scaled, BN shift as the
 conv bias; exact up to float rounding). Convolutions and the interpolation
 matmuls run at HIGHEST precision (no TF32 on GPUs).
 
-Classes (:data:`CLASSES`, CelebAMask-HQ order) and how they map onto the mesh
-parser's :data:`leam_jax.face.regions.CLASSES` (:data:`TO_FACE_CLASS`):
-
-==  =========  ================================================================
-id  BiSeNet    face_regions class
-==  =========  ================================================================
-0   background background
-1   skin       skin
-2   l_brow     l_brow / r_brow by image side (see below)
-3   r_brow     l_brow / r_brow by image side
-4   l_eye      l_eye / r_eye by image side
-5   r_eye      l_eye / r_eye by image side
-6   eye_g      (none: eyeglasses) -> background
-7   l_ear      (none) -> background
-8   r_ear      (none) -> background
-9   ear_r      (none: earring) -> background
-10  nose       nose
-11  mouth      mouth (inside the lips)
-12  u_lip      u_lip
-13  l_lip      l_lip
-14  neck       (none) -> background
-15  neck_l     (none: necklace) -> background
-16  cloth      (none) -> background
-17  hair       (none) -> background
-18  hat        (none) -> background
-==  =========  ================================================================
-
-"background" in the mesh parser means "outside every face region" (hair,
-ears, neck and glasses included), so classes without a counterpart go there;
-the 19-class labels stay available (``AlignedFace.labels19``) for statistics
-that want them. Sides: the l_/r_ names of CelebAMask-HQ are not checked here
-against a subject-left convention, so :func:`to_face_classes` assigns brows
-and eyes by position: in the analysis frame the eyes are aligned, and a pixel
-left of the eyes' midline (image left) is the subject's right (``r_brow``,
-``r_eye``), as in :mod:`leam_jax.face.regions`. The fine mesh classes
-(forehead, cheeks, chin, nose bridge/tip) have no BiSeNet counterpart and do
-not occur in mapped labels.
+Classes (:data:`CLASSES`) are CelebAMask-HQ's 19, in its order; how they map
+onto the face pipeline's regions is :mod:`leam_jax.face.parsing`.
 """
 
 from __future__ import annotations
@@ -80,10 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from leam_jax import core
-from leam_jax.face import alignment, regions
-from leam_jax.models import contract
-from leam_jax.weights import checkpoint
+from leam_jax.models import params as flat_params
 
 INPUT_SIZE = 512
 NUM_CLASSES = 19
@@ -99,14 +61,6 @@ BLOCKS_PER_STAGE = 2
 CONTEXT_CHANNELS = 128  # arm16 / arm32 / conv_head* / conv_avg outputs
 FUSION_CHANNELS = 256  # ffm and conv_out
 
-# BiSeNet class -> face_regions class name (None: no counterpart, mapped to background).
-# Brows and eyes are re-sided by position (to_face_classes); the names here are their default.
-TO_FACE_CLASS: dict[str, str | None] = {
-    "background": "background", "skin": "skin", "l_brow": "l_brow", "r_brow": "r_brow",
-    "l_eye": "l_eye", "r_eye": "r_eye", "eye_g": None, "l_ear": None, "r_ear": None, "ear_r": None,
-    "nose": "nose", "mouth": "mouth", "u_lip": "u_lip", "l_lip": "l_lip",
-    "neck": None, "neck_l": None, "cloth": None, "hair": None, "hat": None,
-}
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -290,7 +244,7 @@ class BiSeNet(nnx.Module):
         return upsample_bilinear_align_corners(logits, images.shape[1:3])
 
 
-# --- pure apply, loading ------------------------------------------------------------
+# --- pure apply, params ---------------------------------------------------------------
 
 
 def _ctor() -> BiSeNet:
@@ -309,102 +263,18 @@ def apply(params, images: jax.Array) -> jax.Array:
 
 def params_from_flat(flat, source: str = "params"):
     """Flat params {"cp/resnet/conv1/kernel": array, ...} -> the params ``apply`` takes, merged strictly
-    (:func:`leam_jax.models.contract.params_from_flat`)."""
-    return contract.params_from_flat(_ctor, flat, source)
+    (:func:`leam_jax.models.params.params_from_flat`)."""
+    return flat_params.params_from_flat(_ctor, flat, source)
 
 
 def random_params(seed: int = 0):
     """Params of a random BiSeNet (He-normal kernels, small biases; numpy, no compile): tests, demos."""
     rng = np.random.default_rng(seed)
     flat = {}
-    for k, v in checkpoint.flatten(nnx.state(nnx.eval_shape(_ctor), nnx.Param).to_pure_dict()).items():
+    for k, v in flat_params.flatten(nnx.state(nnx.eval_shape(_ctor), nnx.Param).to_pure_dict()).items():
         if k.endswith("/kernel"):
             fan_in = int(np.prod(v.shape[:-1]))
             flat[k] = (rng.standard_normal(v.shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
         else:
             flat[k] = (0.1 * rng.standard_normal(v.shape)).astype(np.float32)
     return params_from_flat(flat, f"random_params({seed})")
-
-
-def load(name: str = "bisenet", *, convert: bool = True):
-    """``(apply, params)`` with the user's converted weights (digest-checked, strictly merged).
-
-    Convert the checkpoint first: ``python -m converters bisenet --source 79999_iter.pth``.
-    """
-    flat, path = contract.restore_converted(name, convert=convert)
-    return apply, params_from_flat(flat, path)
-
-
-# --- the analysis frame -------------------------------------------------------------
-
-
-def _area_down(x: jax.Array, size: int) -> jax.Array:
-    b, h, w, c = x.shape
-    if h % size == 0 and w % size == 0:  # the exact footprint of each output pixel
-        return x.reshape(b, size, h // size, size, w // size, c).mean(axis=(2, 4))
-    return jax.image.resize(x, (b, size, size, c), "linear", antialias=True)
-
-
-@core.jit(static_argnames=("size",))
-def frame_logits(params, frames: jax.Array, size: int = INPUT_SIZE) -> jax.Array:
-    """Logits [N, S, S, 19] in the analysis frame for frames [N, S, S, 3] (uint8 RGB).
-
-    Each frame is resized bilinearly (half-pixel centres, float, no rounding)
-    to ``size`` (512, the parser's training size), parsed, and the logits are
-    averaged back over each frame pixel's footprint (2x2 for S = 256).
-    """
-    n, s = frames.shape[0], frames.shape[1]
-    x = jax.image.resize(frames.astype(jnp.float32), (n, size, size, 3), "linear", antialias=True)
-    return _area_down(apply(params, x), s)
-
-
-def bisenet_labels(frames_uint8, params, *, size: int = INPUT_SIZE) -> np.ndarray:
-    """19-class labels (:data:`CLASSES` ids) of analysis-frame faces.
-
-    Args:
-      frames_uint8: [N, S, S, 3] uint8 RGB faces in the analysis frame (S = 256 by default).
-      params: converted BiSeNet params (:func:`load`).
-      size: the side the parser runs at (512).
-
-    Returns:
-      int32 [N, S, S]: argmax of the logits averaged over each frame pixel.
-    """
-    frames = np.asarray(frames_uint8)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[1] != frames.shape[2]:
-        raise ValueError(f"frames must be [N, S, S, 3] RGB, got {frames.shape}")
-    return np.asarray(jnp.argmax(frame_logits(params, jnp.asarray(frames), size), axis=-1), np.int32)
-
-
-def _face_lut() -> np.ndarray:
-    bg = regions.CLASS_ID["background"]
-    return np.array([bg if TO_FACE_CLASS[c] is None else regions.CLASS_ID[TO_FACE_CLASS[c]] for c in CLASSES],
-                    np.int32)
-
-
-def to_face_classes(labels19, *, by_side: bool = True, midline_x: float | None = None) -> np.ndarray:
-    """BiSeNet labels [..., S, S] -> :data:`leam_jax.face.regions.CLASSES` ids (see the module table).
-
-    Args:
-      labels19: int [..., S, S] BiSeNet class ids in the analysis frame.
-      by_side: assign brows and eyes to the subject's left / right by image
-        side (pixel centre right of ``midline_x`` -> ``l_``), whatever the
-        parser called them; False keeps the parser's own l_/r_ names.
-      midline_x: the vertical midline in pixels; default the midpoint of the
-        analysis template's eye centres for a frame of this size.
-
-    Returns:
-      int32 [..., S, S].
-    """
-    lab = np.asarray(labels19)
-    if lab.ndim < 2 or lab.min(initial=0) < 0 or lab.max(initial=0) >= NUM_CLASSES:
-        raise ValueError(f"labels19 must be int [..., H, W] with ids in [0, {NUM_CLASSES}), got shape {lab.shape}")
-    out = _face_lut()[lab]
-    if by_side:
-        if midline_x is None:
-            midline_x = float(alignment.analysis_template(lab.shape[-1])[:2, 0].mean())
-        subject_left = (np.arange(lab.shape[-1]) + 0.5) > midline_x  # [W], broadcast over rows
-        ids = regions.CLASS_ID
-        for part in ("brow", "eye"):
-            hit = (lab == CLASS_ID[f"l_{part}"]) | (lab == CLASS_ID[f"r_{part}"])
-            out = np.where(hit, np.where(subject_left, ids[f"l_{part}"], ids[f"r_{part}"]), out).astype(np.int32)
-    return out

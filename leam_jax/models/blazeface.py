@@ -191,13 +191,3 @@ class BlazeFace(nnx.Module):
         regressors = jnp.concatenate([flat(self.reg16(x), NUM_COORDS), flat(self.reg8(y), NUM_COORDS)], axis=1)
         logits = jnp.concatenate([flat(self.cls16(x), 1), flat(self.cls8(y), 1)], axis=1)
         return regressors, logits
-
-
-def load(name: str = "blazeface"):
-    """``(apply, params)`` with converted weights (converted on first use, strictly loaded).
-
-    ``apply(params, images [B, 256, 256, 3] in [-1, 1]) -> (regressors, logits)``.
-    """
-    from leam_jax.models.contract import load_converted
-
-    return load_converted(name, lambda: BlazeFace(rngs=nnx.Rngs(0)))

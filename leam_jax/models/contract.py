@@ -18,7 +18,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from leam_jax.weights import checkpoint
+from leam_jax.adapters import from_nnx
+from leam_jax.models.params import params_from_flat
 
 ApplyFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
@@ -47,84 +48,10 @@ class FaceModel:
         return self.apply(self.params, images)[0]
 
 
-def pure(module: nnx.Module) -> tuple[ApplyFn, nnx.State]:
-    """Split an NNX module once into ``(apply, params)``."""
-    graphdef, params = nnx.split(module, nnx.Param)
-
-    def apply(params, images, perturbations=None):
-        return nnx.merge(graphdef, params)(images, perturbations)
-
-    return apply, params
-
-
-def abstract_flat(ctor: Callable[[], nnx.Module]) -> dict[str, jax.ShapeDtypeStruct]:
-    """Flat shapes/dtypes of a module's params, without allocating them."""
-    abstract = nnx.eval_shape(ctor)
-    return checkpoint.flatten(nnx.state(abstract, nnx.Param).to_pure_dict())
-
-
-def params_from_flat(ctor: Callable[[], nnx.Module], flat: Mapping[str, np.ndarray], source: str) -> nnx.State:
-    """The module's params with ``flat`` weights merged strictly (missing, extra or mis-shaped keys
-    are errors naming the key), on an abstract module: its random initialisers never run (eagerly
-    they cost seconds per model)."""
-    merged = checkpoint.strict_merge(abstract_flat(ctor), flat, source)
-    params = nnx.state(nnx.eval_shape(ctor), nnx.Param)
-    pure_dict = params.to_pure_dict()
-    nested = checkpoint.unflatten(merged)
-
-    def fill(target, src):
-        for k in list(target.keys()):
-            sk = str(k)
-            if isinstance(target[k], Mapping):
-                fill(target[k], src[sk])
-            else:
-                target[k] = jax.numpy.asarray(src[sk])
-
-    fill(pure_dict, nested)
-    nnx.replace_by_pure_dict(params, pure_dict)
-    return params
-
-
 def from_flat(ctor: Callable[[], nnx.Module], flat: Mapping[str, np.ndarray], source: str) -> tuple[ApplyFn, nnx.State]:
     """Build ``(apply, params)`` with weights merged strictly into the target."""
-    apply, _ = pure(nnx.eval_shape(ctor))
+    apply, _ = from_nnx(nnx.eval_shape(ctor))
     return apply, params_from_flat(ctor, flat, source)
-
-
-def restore_converted(name: str, *, convert: bool = True) -> tuple[dict[str, np.ndarray], str]:
-    """(flat params, checkpoint path) of a converted model: converted on first use, digest-checked."""
-    from converters import ensure_converted, sources  # I/O edge: converters live outside the package
-
-    path = ensure_converted(name, quiet=True) if convert else sources.checkpoint_dir() / name
-    digest = sources.load_manifest().get(name, {}).get("converted_sha256")
-    return checkpoint.restore(path, expected_digest=digest), str(path)
-
-
-def load_converted(name: str, ctor: Callable[[], nnx.Module], *, convert: bool = True) -> tuple[ApplyFn, nnx.State]:
-    """``(apply, params)`` of a converted model: converted on first use, digest-checked, strictly merged."""
-    flat, path = restore_converted(name, convert=convert)
-    return from_flat(ctor, flat, path)
-
-
-class TapRecorder:
-    """Inside a model's ``__call__``: adds each tap's perturbation and records its activation.
-
-    ``x = tap("name", x)`` at every tap; ``tap.acts`` then holds the taps in
-    forward order. Unknown perturbation names are an error, not ignored.
-    """
-
-    def __init__(self, model: str, taps: tuple[str, ...], perturbations: dict | None):
-        unknown = set(perturbations or {}) - set(taps)
-        if unknown:
-            raise ValueError(f"unknown taps {sorted(unknown)}; {model} taps are {taps}")
-        self.perturbations = perturbations or {}
-        self.acts: dict[str, jax.Array] = {}
-
-    def __call__(self, name: str, x: jax.Array) -> jax.Array:
-        if name in self.perturbations:
-            x = x + self.perturbations[name]
-        self.acts[name] = x
-        return x
 
 
 def check_images(images: jax.Array, size: int, model: str) -> None:

@@ -38,7 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from leam_jax.models.contract import TapRecorder, check_images
+from leam_jax.adapters import TapRecorder
+from leam_jax.models.contract import check_images
 from leam_jax.models.layers import DepthwiseConv, prelu
 
 INPUT_SIZE = 192
@@ -191,16 +192,6 @@ class FaceMesh(nnx.Module):
         out, _ = self.features(images, perturbations)
         mesh = out["output_mesh"].reshape(-1, NUM_POINTS, 3)
         return mesh, out["output_faceflag"][:, 0]
-
-
-def load(*, convert: bool = True):
-    """``(apply, params)`` of the converted face mesh (converted on first use).
-
-    ``apply(params, images [B, 192, 192, 3] in [0, 1]) -> (mesh [B, 468, 3], faceflag [B])``.
-    """
-    from leam_jax.models.contract import load_converted
-
-    return load_converted("facemesh", lambda: FaceMesh(rngs=nnx.Rngs(0)), convert=convert)
 
 
 def contours_points(output_contours: jax.Array | np.ndarray) -> jax.Array:

@@ -30,7 +30,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from leam_jax.models.contract import TapRecorder, check_images
+from leam_jax.adapters import TapRecorder
+from leam_jax.models.contract import check_images
 from leam_jax.models.layers import DepthwiseConv
 
 INPUT_SIZE = 224
@@ -91,12 +92,3 @@ class FaceRes(nnx.Module):
         for i, block in enumerate(self.blocks):
             x = tap(TAPS[i + 1], block(x))
         return jnp.mean(x, axis=(1, 2)), tap.acts
-
-
-def load(name: str = "faceres", *, convert: bool = True):
-    """``(apply, params)`` of converted ``faceres`` or ``faceres_deep`` (converted on first use)."""
-    if name not in ("faceres", "faceres_deep"):
-        raise KeyError(f"FaceRes weights are 'faceres' or 'faceres_deep', not {name!r}")
-    from leam_jax.models.contract import load_converted
-
-    return load_converted(name, lambda: FaceRes(rngs=nnx.Rngs(0)), convert=convert)

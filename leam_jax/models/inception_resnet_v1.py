@@ -36,7 +36,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from leam_jax.models.contract import TapRecorder, check_images
+from leam_jax.adapters import TapRecorder
+from leam_jax.models.contract import check_images
 from leam_jax.models.host_init import normal_fan_in
 
 INPUT_SIZE = 160

@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from leam_jax.models.contract import TapRecorder, check_images
+from leam_jax.adapters import TapRecorder
+from leam_jax.models.contract import check_images
 from leam_jax.models.layers import Affine, prelu
 
 INPUT_SIZE = 112

@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from leam_jax.models.contract import TapRecorder, check_images
+from leam_jax.adapters import TapRecorder
+from leam_jax.models.contract import check_images
 from leam_jax.models.layers import DepthwiseConv, prelu
 
 INPUT_SIZE = 112
@@ -104,10 +105,3 @@ class MobileFace(nnx.Module):
             x = tap(TAPS[i + 1], stage(x))
         x = x.reshape(x.shape[0], -1)
         return self.dense(x) * self.bn_scale[...] + self.bn_offset[...], tap.acts
-
-
-def load(*, convert: bool = True):
-    """``(apply, params)`` of the converted MobileFace (converted on first use)."""
-    from leam_jax.models.contract import load_converted
-
-    return load_converted("mobileface", lambda: MobileFace(rngs=nnx.Rngs(0)), convert=convert)

@@ -3,8 +3,8 @@
 ``sample_images()`` returns their paths in the cache
 (``~/.cache/leam_jax/samples/faceapi-1.7.15/sample1.jpg`` .. ``sample6.jpg``, or under
 ``$LEAM_JAX_CACHE``). The first call extracts them from the package tarball, which
-``converters.sources`` fetches once with ``npm pack`` (the same tarball, checked against the
-same sha256, as the ``dlib_resnet_faceapi`` weights); later calls only check each cached
+:mod:`leam_jax.weights.packages` fetches once with ``npm pack`` (the same tarball, checked against
+the same pinned sha256, as the ``dlib_resnet_faceapi`` weights); later calls only check each cached
 photo's sha256 and touch neither the tarball nor the network.
 """
 
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from leam_jax.weights import manifest, packages
 
 # sha256 of package/demo/sample<i>.jpg in @vladmandic/face-api 1.7.15.
 SAMPLE_SHA256 = {
@@ -23,47 +25,43 @@ SAMPLE_SHA256 = {
     "sample6.jpg": "9baad80f9d5e306fb9b8c0913d44445f1e95848df317530efb03d0934c57ba87",
 }
 MEMBER_DIR = "package/demo"
-# The manifest entry whose recorded archive sha256 pins the tarball.
+# The package-manifest entry whose pinned archive sha256 pins the tarball.
 MANIFEST_ENTRY = "dlib_resnet_faceapi"
 
 
 def samples_dir() -> Path:
     """Where the photos are kept (not created here)."""
-    from converters.faceapi_dlib import FACEAPI
-
+    version = manifest.pinned(MANIFEST_ENTRY)["source"]["version"]
     root = Path(os.environ.get("LEAM_JAX_CACHE", Path.home() / ".cache" / "leam_jax"))
-    return root / "samples" / f"faceapi-{FACEAPI['version']}"
+    return root / "samples" / f"faceapi-{version}"
 
 
 def sample_images() -> list[Path]:
     """Paths of sample1.jpg .. sample6.jpg, extracted (once) from the verified face-api tarball.
 
     Raises:
-        converters.sources.SourceError: the photos are not cached and the tarball cannot be
+        leam_jax.weights.packages.SourceError: the photos are not cached and the tarball cannot be
             fetched (no ``npm`` client, no registry access) or does not match its sha256.
     """
-    from converters import sources  # I/O edge: converters live outside the package
-    from converters.faceapi_dlib import FACEAPI
-
     out = samples_dir()
     paths = [out / name for name in SAMPLE_SHA256]
-    stale = [p for p in paths if not p.is_file() or sources.sha256_file(p) != SAMPLE_SHA256[p.name]]
+    stale = [p for p in paths if not p.is_file() or packages.sha256_file(p) != SAMPLE_SHA256[p.name]]
     if not stale:
         return paths
-    recorded = sources.load_manifest().get(MANIFEST_ENTRY, {}).get("source", {}).get("archive_sha256")
     try:
-        archive = sources.fetch_archive(FACEAPI, recorded)
-    except sources.SourceError as e:
-        raise sources.SourceError(
-            f"the built-in sample photos come from the npm package {FACEAPI['package']}@{FACEAPI['version']} "
+        archive = packages.pinned_archive(MANIFEST_ENTRY)
+    except packages.SourceError as e:
+        source = manifest.pinned(MANIFEST_ENTRY)["source"]
+        raise packages.SourceError(
+            f"the built-in sample photos come from the npm package {source['package']}@{source['version']} "
             f"and are not cached in {out}: {e}. Install Node.js/npm, or pass your own photos "
             "(--data_dir or --manifest)") from e
     out.mkdir(parents=True, exist_ok=True)
     for p in stale:
-        data = sources.read_tar_member(archive, f"{MEMBER_DIR}/{p.name}")
-        got = sources.sha256_bytes(data)
+        data = packages.read_member(archive, f"{MEMBER_DIR}/{p.name}")
+        got = packages.sha256_bytes(data)
         if got != SAMPLE_SHA256[p.name]:
-            raise sources.SourceError(f"{archive}:{MEMBER_DIR}/{p.name}: sha256 {got}, expected {SAMPLE_SHA256[p.name]}")
+            raise packages.SourceError(f"{archive}:{MEMBER_DIR}/{p.name}: sha256 {got}, expected {SAMPLE_SHA256[p.name]}")
         tmp = p.with_suffix(".tmp")
         tmp.write_bytes(data)
         tmp.replace(p)

@@ -1,11 +1,10 @@
-"""Orbax checkpoints of converted weights, loaded strictly.
+"""Orbax checkpoints of converted weights and their content digests.
 
-Params travel as flat ``{"a/b/c": array}`` dicts (the converters' tables use
-the same keys). A checkpoint is merged into the model's ``eval_shape`` target:
-any missing, extra or mis-shaped key is an error that names the key, and the
-content digest (sha256 over keys, dtypes, shapes and bytes, in key order) is
-compared with the one the manifest recorded, so an altered checkpoint never
-loads as a silently different model.
+Params travel as flat ``{"a/b/c": array}`` dicts (:mod:`leam_jax.models.params`).
+The content digest (sha256 over keys, dtypes, shapes and bytes, in key order)
+is compared with the one the manifest recorded, so an altered checkpoint never
+loads as a silently different model; the strict merge into the model's
+``eval_shape`` target then names any missing, extra or mis-shaped key.
 """
 
 from __future__ import annotations
@@ -18,36 +17,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, damaged, or does not fit the model."""
+from leam_jax.models.params import ParamsError, flatten, unflatten
 
 
-def flatten(tree: Mapping) -> dict[str, np.ndarray]:
-    """Nested dict/list/State -> {"a/0/b": array}."""
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    out = {}
-    for path, leaf in leaves:
-        parts = []
-        for k in path:
-            for attr in ("key", "idx", "name"):
-                if hasattr(k, attr):
-                    parts.append(str(getattr(k, attr)))
-                    break
-        out["/".join(parts)] = leaf
-    return out
-
-
-def unflatten(flat: Mapping[str, np.ndarray]) -> dict:
-    """{"a/0/b": x} -> {"a": {"0": {"b": x}}} (string keys, as Orbax stores them)."""
-    root: dict = {}
-    for key, value in flat.items():
-        node = root
-        *parents, leaf = key.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return root
+class CheckpointError(ParamsError):
+    """A checkpoint is missing, damaged, or holds other params than the manifest recorded."""
 
 
 def params_digest(flat: Mapping[str, np.ndarray]) -> str:
@@ -57,25 +31,6 @@ def params_digest(flat: Mapping[str, np.ndarray]) -> str:
         h.update(f"{key}|{a.dtype.str}|{a.shape}\n".encode())
         h.update(a.tobytes())
     return h.hexdigest()
-
-
-def strict_merge(target: Mapping[str, object], loaded: Mapping[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
-    """Check loaded params key by key against the target's shapes and dtypes."""
-    missing = sorted(set(target) - set(loaded))
-    extra = sorted(set(loaded) - set(target))
-    if missing:
-        raise CheckpointError(f"{source}: missing key {missing[0]!r}" + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""))
-    if extra:
-        raise CheckpointError(f"{source}: unexpected key {extra[0]!r}" + (f" (+{len(extra) - 1} more)" if len(extra) > 1 else ""))
-    out = {}
-    for key, want in target.items():
-        got = np.asarray(loaded[key])
-        if tuple(got.shape) != tuple(want.shape):  # type: ignore[attr-defined]
-            raise CheckpointError(f"{source}: key {key!r} has shape {got.shape}, model expects {tuple(want.shape)}")  # type: ignore[attr-defined]
-        if got.dtype != want.dtype:  # type: ignore[attr-defined]
-            raise CheckpointError(f"{source}: key {key!r} has dtype {got.dtype}, model expects {want.dtype}")  # type: ignore[attr-defined]
-        out[key] = got
-    return out
 
 
 def save(path: str | os.PathLike, flat: Mapping[str, np.ndarray]) -> str:
