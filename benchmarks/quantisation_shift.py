@@ -31,9 +31,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from leam_jax import analysis, core, stats, verification
+from leam_jax import core, stats
 from leam_jax.face import decode
-from leam_jax.models import REGISTRY, load
+from leam_jax.models import REGISTRY
+from leam_jax.study import compute
+from leam_jax.weights import load
 
 FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
 THRESHOLD = REGISTRY["dlib_resnet"].verify_threshold
@@ -60,8 +62,9 @@ def embedding_shift(e_ref: np.ndarray, e_new: np.ndarray, persons: list[str], th
     diff = np.abs(e_new - e_ref)
     unit = lambda e: e / np.linalg.norm(e, axis=1, keepdims=True)
     cos = np.sum(unit(e_ref) * unit(e_new), axis=1)
-    neg_ref, same = verification.pair_scores(e_ref, persons, metric="euclidean")  # minus the distance
-    neg_new, _ = verification.pair_scores(e_new, persons, metric="euclidean")
+    ids = np.unique(persons, return_inverse=True)[1]
+    neg_ref, same = (np.asarray(a) for a in stats.pair_scores(e_ref, ids, metric="euclidean"))  # minus the distance
+    neg_new = np.asarray(stats.pair_scores(e_new, ids, metric="euclidean")[0])
     dist_ref, dist_new = -neg_ref, -neg_new
     accept_ref, accept_new = dist_ref < threshold, dist_new < threshold
     return {
@@ -70,9 +73,9 @@ def embedding_shift(e_ref: np.ndarray, e_new: np.ndarray, persons: list[str], th
         "dist_max": float(np.linalg.norm(e_new - e_ref, axis=1).max()),
         "pairs": int(len(same)), "flips": int((accept_ref != accept_new).sum()),
         "errors_f32": int((accept_ref != same).sum()), "errors_u8": int((accept_new != same).sum()),
-        "auc_f32": verification.roc_auc(neg_ref, same), "auc_u8": verification.roc_auc(neg_new, same),
-        "auc_cos_f32": verification.roc_auc(verification.pair_scores(e_ref, persons)[0], same),
-        "auc_cos_u8": verification.roc_auc(verification.pair_scores(e_new, persons)[0], same),
+        "auc_f32": float(stats.roc_auc(neg_ref, same)), "auc_u8": float(stats.roc_auc(neg_new, same)),
+        "auc_cos_f32": float(stats.roc_auc(stats.pair_scores(e_ref, ids)[0], same)),
+        "auc_cos_u8": float(stats.roc_auc(stats.pair_scores(e_new, ids)[0], same)),
         "pair_dist_max_change": float(np.abs(dist_new - dist_ref).max()),
         "threshold_margin_min": float(np.abs(dist_ref - threshold).min()),
     }
@@ -127,12 +130,12 @@ def main() -> None:
     figures["emb_max_abs_quant_only"] = embedding_shift(e32, quant_only, persons, THRESHOLD)["emb_max_abs"]
     for weighting in core.WEIGHTINGS:
         t = time.perf_counter()
-        m32 = analysis.explain_set(f32, chips, persons, weighting=weighting, batch_size=26)
-        m8 = analysis.explain_set(u8, chips, persons, weighting=weighting, batch_size=26)
+        m32 = compute.explain_set(compute.set_worker(f32, weighting=weighting, batch_size=26), chips, persons)
+        m8 = compute.explain_set(compute.set_worker(u8, weighting=weighting, batch_size=26), chips, persons)
         bc = np.asarray(stats.bhattacharyya(jnp.asarray(m32.overall), jnp.asarray(m8.overall)))
         bc1 = np.asarray(stats.bhattacharyya(jnp.asarray(m32.overall), jnp.asarray(m8.overall), top_percent=1.0))
         layer_bc = np.asarray(stats.bhattacharyya(jnp.asarray(m32.per_layer), jnp.asarray(m8.per_layer))).mean(0)
-        ref = stats.bc_same_different(jnp.asarray(m32.overall), jnp.asarray(analysis.dense_ids(persons)))
+        ref = stats.bc_same_different(jnp.asarray(m32.overall), jnp.asarray(compute.dense_ids(persons)[0]))
         worst = int(np.argmin(layer_bc))
         print(f"LEAM {weighting:8s}: BC(u8, f32) per image min {bc.min():.4f} mean {bc.mean():.4f}; top-1% BC min "
               f"{bc1.min():.4f} mean {bc1.mean():.4f}; lowest layer mean BC {layer_bc[worst]:.4f} ({m32.taps[worst]}); "

@@ -24,10 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from leam_jax import core, models
+from leam_jax import core, models, weights
 from leam_jax.face.pipeline import FacePipeline
 from leam_jax.study import inputs, sweep
-from leam_jax.study.compute import ComputeConfig, ModelWorker, compute_shard
+from leam_jax.study.compute import ModelWorker, compute_shard
+from leam_jax.study.config import StudyConfig
 from leam_jax.study.loader import Loader
 
 FACES = Path(__file__).resolve().parents[1].parent / "shared" / "faces"
@@ -49,9 +50,9 @@ def main() -> None:
     srcs = srcs[: args.images + args.batch]
     spec = models.REGISTRY[args.model]
     mesh = core.batch_mesh()
-    cfg = ComputeConfig(weightings=("gradcam",), occlusion_percents=(), occlusion_fills=(), transfer_percent=0.0,
-                        batch_size=args.batch)
-    worker = ModelWorker(models.load(args.model), template=spec.template, taps=spec.taps, config=cfg, mesh=mesh)
+    cfg = StudyConfig(weightings=("gradcam",), occlusion_percents=(), occlusion_fills=(), transfer_percent=0.0,
+                      batch_size=args.batch).compute()
+    worker = ModelWorker(weights.load(args.model), template=spec.template, taps=spec.taps, config=cfg, mesh=mesh)
     loader = Loader(FacePipeline(), [spec.template], threads=args.threads, prefetch=1)
     shards = [srcs[i : i + args.batch] for i in range(0, len(srcs), args.batch)]
     seen: list = []

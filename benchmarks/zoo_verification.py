@@ -16,10 +16,11 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from leam_jax import core, verification
+from leam_jax import core, stats
 from leam_jax.face import decode
 from leam_jax.face.pipeline import FacePipeline
-from leam_jax.models import REGISTRY, load
+from leam_jax.models import REGISTRY
+from leam_jax.weights import load
 
 FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
 
@@ -48,8 +49,8 @@ def main() -> None:
         crops = np.stack([pipe.model_input(img, f, spec.template)[0] for img, f in zip(images, faces)])
         emb = np.concatenate([np.asarray(embed(jnp.asarray(crops[i : i + 32], jnp.float32)))
                               for i in range(0, len(crops), 32)])
-        s, same = verification.pair_scores(emb, persons)
-        auc, tar = verification.roc_auc(s, same), verification.tar_at_far(s, same, 0.01)
+        s, same = stats.pair_scores(emb, np.unique(persons, return_inverse=True)[1])
+        auc, tar = float(stats.roc_auc(s, same)), float(stats.tar_at_far(s, same, 0.01))
         print(f"{name:14s} template {spec.template:10s} AUC {auc:.4f}  TAR@FAR1% {tar:.4f}  ({same.sum()} same / {(~same).sum()} different pairs)")
         figures.append(f"auc_{name}={auc:.4f} tar1_{name}={tar:.4f}")
     print(" ".join(figures) + f" faces={len(faces)}")

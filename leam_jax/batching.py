@@ -1,28 +1,82 @@
-"""Fixed-shape batching: every call of a jitted function sees the same batch shape."""
+"""Fixed-shape batching: every call of a compiled function sees the same batch shape.
+
+The one padding helper of the library (pure JAX): the core's runner, the
+study's per-shard work and the face detector all pad the last batch with
+zero rows and cut the results back, so nothing recompiles for a ragged batch.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+
+def chunks(n: int, batch_size: int) -> Iterator[slice]:
+    """Consecutive slices of at most ``batch_size`` rows covering ``range(n)``."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))
+
+
+def pad_rows(x, size: int) -> jax.Array:
+    """``x`` [n, ...] with zero rows appended up to ``size`` rows. -> [size, ...]."""
+    x = jnp.asarray(x)
+    n = x.shape[0]
+    if n > size:
+        raise ValueError(f"batch of {n} rows exceeds the batch size {size}")
+    return x if n == size else jnp.pad(x, [(0, size - n)] + [(0, 0)] * (x.ndim - 1))
 
 
 def batched(fn: Callable, x, batch_size: int):
     """``fn`` over [N, ...] in batches of exactly ``batch_size`` (the last zero-padded and cut).
 
     ``fn`` may return any pytree of [batch, ...] arrays; the result has the
-    same structure with numpy arrays of N rows. N must be at least 1.
+    same structure with host (numpy) arrays of N rows. N must be at least 1.
     """
     n_total = x.shape[0]
     if n_total == 0:
         raise ValueError("batched needs at least one row")
     parts = []
-    for start in range(0, n_total, batch_size):
-        chunk = x[start : start + batch_size]
-        n = chunk.shape[0]
-        if n < batch_size:
-            chunk = jnp.concatenate([jnp.asarray(chunk), jnp.zeros((batch_size - n, *chunk.shape[1:]), chunk.dtype)])
-        parts.append(jax.tree_util.tree_map(lambda a, n=n: np.asarray(a[:n]), fn(jnp.asarray(chunk))))
-    return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *parts)
+    for s in chunks(n_total, batch_size):
+        out = fn(pad_rows(x[s], batch_size))
+        parts.append(jax.tree_util.tree_map(lambda a, k=s.stop - s.start: a[:k], out))
+    return jax.device_get(jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *parts))
+
+
+def batch_mesh(devices=None) -> jax.sharding.Mesh:
+    """A 1-D mesh named ``batch`` over the given (default: all local) devices."""
+    devices = list(jax.local_devices() if devices is None else devices)
+    return jax.sharding.Mesh(devices, ("batch",))
+
+
+class Placement:
+    """Fixed-shape batches sharded along ``batch`` over a mesh, params replicated.
+
+    ``put`` pads a ragged batch with zero rows to ``batch_size`` and places it;
+    arrays already padded and placed pass through without a copy, as do params
+    already replicated (``jax.device_put`` onto the same sharding is a no-op), so
+    several compiled functions of one model share one copy of its params.
+    """
+
+    def __init__(self, batch_size: int, mesh: jax.sharding.Mesh | None = None):
+        self.mesh = mesh or batch_mesh()
+        n_dev = self.mesh.devices.size
+        if batch_size < 1 or batch_size % n_dev:
+            raise ValueError(f"batch_size {batch_size} must be a positive multiple of the {n_dev} devices")
+        self.batch_size = batch_size
+        self.sharded = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("batch"))
+        self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+
+    def put(self, x) -> jax.Array | None:
+        """[n <= batch_size, ...] -> [batch_size, ...] zero-padded and sharded (None stays None)."""
+        return None if x is None else jax.device_put(pad_rows(x, self.batch_size), self.sharded)
+
+    def replicate(self, tree):
+        return jax.device_put(tree, self.replicated)
+
+    def valid(self, n: int) -> jax.Array:
+        """[batch_size] True for the first ``n`` (real) rows."""
+        return jax.device_put(jnp.arange(self.batch_size) < n, self.sharded)

@@ -29,6 +29,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from leam_jax.batching import Placement, batch_mesh  # noqa: F401 (batch_mesh: public API)
+
 TARGETS = ("identity", "self", "pair", "contrast")
 WEIGHTINGS = ("gradcam", "layercam", "gradxact")
 _EPS = 1e-12
@@ -114,6 +116,29 @@ def contrast_score(emb: jax.Array, reference: jax.Array, negative: jax.Array) ->
     return identity_score(emb, reference) - identity_score(emb, negative)
 
 
+def dense_person_ids(person_ids) -> tuple[jax.Array, int]:
+    """Any [N] integer ids (say 1001, 1002, 1001) -> (ids in ``[0, P)`` in sorted order of
+    the raw ids, P). Eager only: P must be known to build the segment sums."""
+    uniq, dense = jnp.unique(jnp.asarray(person_ids), return_inverse=True)
+    return dense.reshape(-1).astype(jnp.int32), int(uniq.shape[0])
+
+
+def check_person_ids(person_ids, num_people: int) -> None:
+    """A clear error for concrete ids outside ``[0, num_people)``: segment sums would drop them
+    and every reference would silently be wrong. (Traced ids cannot be checked here; out-of-range
+    rows then get NaN scores, see :func:`target_scores`.)"""
+    if person_ids is None or isinstance(person_ids, jax.core.Tracer):
+        return
+    ids = jnp.asarray(person_ids)
+    if ids.size and (int(jnp.min(ids)) < 0 or int(jnp.max(ids)) >= num_people):
+        raise ValueError(f"person_ids must be dense ids in [0, num_people={num_people}), got values from "
+                         f"{int(jnp.min(ids))} to {int(jnp.max(ids))}; map raw ids with dense_person_ids()")
+
+
+def _ids_in_range(person_ids: jax.Array, num_people: int) -> jax.Array:
+    return (person_ids >= 0) & (person_ids < num_people)
+
+
 def loo_references(
     emb: jax.Array, person_ids: jax.Array, *, num_people: int, valid: jax.Array | None = None
 ) -> tuple[jax.Array, jax.Array]:
@@ -121,7 +146,7 @@ def loo_references(
 
     Args:
       emb: [N, D] embeddings.
-      person_ids: [N] int ids in ``[0, num_people)``.
+      person_ids: [N] int ids in ``[0, num_people)`` (see :func:`dense_person_ids`).
       num_people: static number of segments.
       valid: optional [N] bool; invalid rows neither contribute nor get a reference.
 
@@ -132,7 +157,9 @@ def loo_references(
     """
     if emb.ndim != 2 or person_ids.shape != emb.shape[:1]:
         raise ValueError(f"need emb [N, D] and person_ids [N], got {emb.shape} and {person_ids.shape}")
+    check_person_ids(person_ids, num_people)
     valid = jnp.ones(emb.shape[:1], bool) if valid is None else valid.astype(bool)
+    valid = valid & _ids_in_range(person_ids, num_people)
     e_hat = l2_normalize(emb) * valid[:, None]
     sums = jax.ops.segment_sum(e_hat, person_ids, num_segments=num_people)
     counts = jax.ops.segment_sum(valid.astype(jnp.int32), person_ids, num_segments=num_people)
@@ -217,7 +244,7 @@ class LeamMaps:
     taps: tuple[str, ...]
 
 
-def _has_reference(*, target, references, person_ids, num_people, valid):
+def _has_reference(*, references, person_ids, num_people, valid):
     """[B] True where ``identity`` has a reference (else it explains ``self``)."""
     if references is not None:
         return jnp.sum(references * references, axis=-1) > 0
@@ -225,17 +252,39 @@ def _has_reference(*, target, references, person_ids, num_people, valid):
     return valid & (counts[person_ids] >= 2)
 
 
-def _target_scores(emb, *, target, references, negatives, person_ids, num_people, valid):
+def target_scores(
+    emb: jax.Array,
+    *,
+    target: str = "identity",
+    references: jax.Array | None = None,
+    negatives: jax.Array | None = None,
+    person_ids: jax.Array | None = None,
+    num_people: int | None = None,
+    valid: jax.Array | None = None,
+) -> jax.Array:
+    """The target score ``s`` of each image (LEAM_SPEC section 1). [B, D] -> [B].
+
+    ``identity`` uses ``references`` [B, D] (a zero row: no reference, explain
+    ``self``) or, without them, leave-one-out references over this batch from
+    ``person_ids`` [B] in ``[0, num_people)``; ``pair`` takes the partner's
+    embedding as ``references``; ``contrast`` also needs ``negatives`` [B, D].
+    """
     if target == "self":
         return self_score(emb)
     if target == "identity":
         if references is None:
             if person_ids is None:
                 raise ValueError("target='identity' needs references or person_ids")
+            num_people = num_people or emb.shape[0]
             references, _ = loo_references(jax.lax.stop_gradient(emb), person_ids, num_people=num_people, valid=valid)
+            in_range = _ids_in_range(person_ids, num_people)
+        else:
+            in_range = True
         has_ref = jnp.sum(references * references, axis=-1) > 0
-        # A person with a single image has no reference: explain 'self' instead.
-        return jnp.where(has_ref, identity_score(emb, references), self_score(emb))
+        # A person with a single image has no reference: explain 'self' instead. An id outside
+        # [0, num_people) under tracing gets a NaN score (flagged zero maps), never a wrong one.
+        scores = jnp.where(has_ref, identity_score(emb, references), self_score(emb))
+        return jnp.where(in_range, scores, jnp.nan)
     if references is None:
         raise ValueError(f"target={target!r} needs references [B, D]")
     if target == "pair":
@@ -309,14 +358,14 @@ def _leam_maps(
     if target == "identity":
         if references is None and person_ids is None:
             raise ValueError("target='identity' needs references or person_ids")
-        used_self = ~_has_reference(target=target, references=references, person_ids=person_ids,
-                                    num_people=num_people, valid=valid_mask)
+        used_self = ~_has_reference(references=references, person_ids=person_ids, num_people=num_people,
+                                    valid=valid_mask)
     else:
         used_self = jnp.zeros((b,), bool)
 
     def score_fn(emb):
-        return _target_scores(emb, target=target, references=references, negatives=negatives,
-                              person_ids=person_ids, num_people=num_people, valid=valid_mask)
+        return target_scores(emb, target=target, references=references, negatives=negatives,
+                             person_ids=person_ids, num_people=num_people, valid=valid_mask)
 
     scores, emb, acts, grads = tap_gradients(apply_fn, params, images, score_fn, taps)
     names = tuple(grads)
@@ -370,7 +419,8 @@ def leam_maps(
         leave-one-out references come from this batch via ``person_ids``. A zero
         row means "no reference": that image is explained with ``self``.
       negatives: [B, D] the other person's references (``contrast``).
-      person_ids: [B] ints in ``[0, num_people)`` (batch-local ids suffice).
+      person_ids: [B] ints in ``[0, num_people)`` (batch-local ids suffice; raw ids are an error:
+        map them with :func:`dense_person_ids`).
       num_people: static segment count for ``person_ids`` (default B).
       valid: [B] bool; padded rows are False, get zero flagged maps and take no
         part in references.
@@ -386,6 +436,8 @@ def leam_maps(
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    if person_ids is not None:
+        check_person_ids(person_ids, num_people or images.shape[0])
     return _leam_maps_jit(
         apply_fn, params, images, references, negatives, person_ids, valid, layer_weights,
         target=target, weighting=weighting, taps=None if taps is None else tuple(taps),
@@ -411,19 +463,14 @@ def input_gradient_saliency(
 # Data parallel execution with a fixed batch shape.
 
 
-def batch_mesh(devices: Sequence[Any] | None = None) -> jax.sharding.Mesh:
-    """A 1-D mesh named ``batch`` over the given (default: all local) devices."""
-    devices = list(jax.local_devices() if devices is None else devices)
-    return jax.sharding.Mesh(devices, ("batch",))
-
-
 class LeamRunner:
     """Jit-compiled, data-parallel LEAM over fixed-shape batches.
 
     Every call runs the one compiled program for ``[batch_size, ...]``: a
     shorter (ragged) batch is zero-padded and masked, so a sweep never
     recompiles. The batch axis is sharded over all devices of ``mesh``;
-    params are replicated.
+    params are replicated once (params already replicated on the mesh are
+    used as they are, without a copy).
     """
 
     def __init__(
@@ -439,17 +486,13 @@ class LeamRunner:
         layer_weights: jax.Array | None = None,
         mesh: jax.sharding.Mesh | None = None,
     ):
-        self.mesh = mesh or batch_mesh()
-        n_dev = self.mesh.devices.size
-        if batch_size % n_dev:
-            raise ValueError(f"batch_size {batch_size} must be a multiple of the {n_dev} devices")
         if target not in TARGETS or weighting not in WEIGHTINGS:
             raise ValueError(f"bad target {target!r} or weighting {weighting!r}")
+        self.placement = Placement(batch_size, mesh)
+        self.mesh = self.placement.mesh
         self.batch_size = batch_size
         self.target = target
-        self._sharded = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("batch"))
-        self._replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-        self.params = jax.device_put(params, self._replicated)
+        self.params = self.placement.replicate(params)
         self.layer_weights = layer_weights
         self.trace_count = 0
         static = dict(target=target, weighting=weighting, taps=None if taps is None else tuple(taps),
@@ -461,15 +504,6 @@ class LeamRunner:
                               layer_weights, **static)
 
         self._fn = jit(run)
-
-    def _pad(self, x: jax.Array | None, n: int) -> jax.Array | None:
-        if x is None:
-            return None
-        x = jnp.asarray(x)
-        if x.shape[0] > self.batch_size:
-            raise ValueError(f"batch of {x.shape[0]} exceeds batch_size {self.batch_size}")
-        pad = [(0, self.batch_size - n)] + [(0, 0)] * (x.ndim - 1)
-        return jax.device_put(jnp.pad(x, pad), self._sharded)
 
     def __call__(
         self,
@@ -487,12 +521,10 @@ class LeamRunner:
             person_ids = dense.reshape(-1).astype(jnp.int32)
         elif self.target == "identity" and references is None:
             raise ValueError("target='identity' needs person_ids or references")
-        valid = jnp.arange(self.batch_size) < n
-        out = self._fn(
-            self.params, self._pad(images, n), self._pad(references, n), self._pad(negatives, n),
-            self._pad(person_ids, n), jax.device_put(valid, self._sharded), self.layer_weights,
-        )
-        return jax.tree_util.tree_map(lambda a: a[:n], out)
+        put = self.placement.put
+        out = self._fn(self.params, put(images), put(references), put(negatives), put(person_ids),
+                       self.placement.valid(n), self.layer_weights)
+        return out if n == self.batch_size else jax.tree_util.tree_map(lambda a: a[:n], out)
 
 
 def top_k_count(num_pixels: int, percent: float) -> int:

@@ -108,25 +108,32 @@ class BCSummary:
     same_mask: jax.Array
 
 
-def bc_same_different(
-    maps: jax.Array, person_ids: jax.Array, *, valid: jax.Array | None = None, top_percent: float | None = None
-) -> BCSummary:
-    """Mean BC of same-person pairs vs different-person pairs. maps [N, H, W], ids [N]."""
-    n = maps.shape[0]
-    if person_ids.shape != (n,):
-        raise ValueError(f"person_ids must be [{n}], got {person_ids.shape}")
+def same_different(values: jax.Array, person_ids: jax.Array, *, valid: jax.Array | None = None) -> BCSummary:
+    """Mean of a pairwise [N, N] matrix (e.g. :func:`bc_matrix`) over same-person pairs i < j
+    and over different-person pairs i < j of valid rows."""
+    n = values.shape[0]
+    if values.shape != (n, n) or person_ids.shape != (n,):
+        raise ValueError(f"need values [N, N] and person_ids [N], got {values.shape} and {person_ids.shape}")
     valid = jnp.ones((n,), bool) if valid is None else valid.astype(bool)
-    bc = bc_matrix(maps, top_percent=top_percent)
     upper = jnp.triu(jnp.ones((n, n), bool), k=1) & valid[:, None] & valid[None, :]
     same = (person_ids[:, None] == person_ids[None, :]) & upper
     diff = (person_ids[:, None] != person_ids[None, :]) & upper
 
     def mean(mask):
         count = jnp.sum(mask)
-        return jnp.where(count > 0, jnp.sum(jnp.where(mask, bc, 0.0)) / jnp.maximum(count, 1), jnp.nan), count
+        return jnp.where(count > 0, jnp.sum(jnp.where(mask, values, 0.0)) / jnp.maximum(count, 1), jnp.nan), count
 
     (ms, ns), (md, nd) = mean(same), mean(diff)
-    return BCSummary(ms, md, ns, nd, bc, diff, same)
+    return BCSummary(ms, md, ns, nd, values, diff, same)
+
+
+def bc_same_different(
+    maps: jax.Array, person_ids: jax.Array, *, valid: jax.Array | None = None, top_percent: float | None = None
+) -> BCSummary:
+    """Mean BC of same-person pairs vs different-person pairs. maps [N, H, W], ids [N]."""
+    if person_ids.shape != maps.shape[:1]:
+        raise ValueError(f"person_ids must be [{maps.shape[0]}], got {person_ids.shape}")
+    return same_different(bc_matrix(maps, top_percent=top_percent), person_ids, valid=valid)
 
 
 def layer_diversity(per_layer: jax.Array, *, top_percent: float | None = None) -> tuple[jax.Array, jax.Array]:
@@ -225,18 +232,21 @@ def random_occlusion_delta(
     images: jax.Array,
     percent: float,
     references: jax.Array,
-    key: jax.Array,
+    keys: jax.Array,
     *,
-    seeds: int = 5,
     fill: str = DEFAULT_FILL,
     clean_embeddings: jax.Array | None = None,
 ) -> jax.Array:
-    """The matched random baseline: Δcos for random masks of the same pixel count,
-    averaged over ``seeds`` draws. -> [B]."""
+    """The matched random baseline: Δcos for random masks of the same pixel count as a
+    top-``percent``% mask, averaged over the draws. -> [B].
+
+    ``keys``: one PRNG key per draw ([S] keys, e.g. ``jax.random.split(key, S)``); each
+    draw's key is split into its mask key and its fill key.
+    """
     clean = embed_fn(images) if clean_embeddings is None else clean_embeddings
     b, h, w = images.shape[:3]
     deltas = []
-    for k in jax.random.split(key, seeds):
+    for k in keys:
         mk, fk = jax.random.split(k)
         masks = random_masks(mk, (b, h, w), percent)
         deltas.append(occlusion_delta(embed_fn, images, masks, references, fill=fill, key=fk, clean_embeddings=clean))
@@ -277,3 +287,54 @@ def region_stats(maps: jax.Array, labels: jax.Array, *, num_classes: int, percen
         top = top_percent_mask(maps, p).reshape(b, -1).astype(jnp.float32)
         shares.append(per_class(top, flat_labels) / top_k_count(h * w, p))
     return RegionStats(jnp.stack(shares, axis=1), mass, area)
+
+
+# ---------------------------------------------------------------------------
+# Verification: scores of all pairs, ROC AUC, TAR at a FAR.
+
+
+def pair_scores(emb: jax.Array, person_ids: jax.Array, *, metric: str = "cosine") -> tuple[jax.Array, jax.Array]:
+    """Similarity of every pair i < j of [N, D] embeddings and whether it is a same-person pair.
+
+    metric: ``cosine`` (higher = more similar) or ``euclidean`` (negated distance).
+    Returns (scores [N(N-1)/2], same [N(N-1)/2] bool), pairs in ``triu_indices`` order.
+    """
+    emb = jnp.asarray(emb, jnp.float32)
+    if metric == "cosine":
+        unit = l2_normalize(emb)
+        sim = unit @ unit.T
+    elif metric == "euclidean":
+        sq = jnp.sum(emb * emb, axis=-1)
+        sim = -jnp.sqrt(jnp.maximum(sq[:, None] + sq[None, :] - 2 * emb @ emb.T, 0.0))
+    else:
+        raise ValueError(f"metric must be cosine or euclidean, got {metric!r}")
+    i, j = jnp.triu_indices(emb.shape[0], 1)
+    ids = jnp.asarray(person_ids)
+    return sim[i, j], ids[i] == ids[j]
+
+
+def roc_auc(scores: jax.Array, positive: jax.Array) -> jax.Array:
+    """Area under the ROC curve: P(positive score > negative score), ties counted half
+    (the Mann-Whitney U statistic). NaN without positives or negatives."""
+    scores, positive = jnp.asarray(scores, jnp.float32), jnp.asarray(positive, bool)
+    n_pos, n_neg = jnp.sum(positive), jnp.sum(~positive)
+    # Negatives sorted, positives' rows pushed past them: counts by binary search, exact in int32.
+    neg = jnp.sort(jnp.where(positive, jnp.inf, scores))
+    below = jnp.searchsorted(neg, scores, side="left")
+    equal = jnp.minimum(jnp.searchsorted(neg, scores, side="right"), n_neg) - below
+    per_pos = (below + 0.5 * equal) / jnp.maximum(n_neg, 1)
+    auc = jnp.sum(jnp.where(positive, per_pos, 0.0)) / jnp.maximum(n_pos, 1)
+    return jnp.where((n_pos > 0) & (n_neg > 0), auc, jnp.nan)
+
+
+def tar_at_far(scores: jax.Array, positive: jax.Array, far: float = 0.01) -> jax.Array:
+    """True-accept rate at the threshold where at most ``far`` of negative pairs are accepted
+    (scores strictly above the ``floor(far * n_neg)``-th best negative)."""
+    scores, positive = jnp.asarray(scores, jnp.float32), jnp.asarray(positive, bool)
+    n_neg = jnp.sum(~positive)
+    neg_desc = -jnp.sort(jnp.where(positive, jnp.inf, -scores))  # negatives first, best first
+    k = jnp.floor(far * n_neg).astype(jnp.int32)
+    threshold = jnp.where(k < n_neg, neg_desc[jnp.minimum(k, scores.shape[0] - 1)], -jnp.inf)
+    n_pos = jnp.sum(positive)
+    tar = jnp.sum(positive & (scores > threshold)) / jnp.maximum(n_pos, 1)
+    return jnp.where(n_pos > 0, tar, jnp.nan)

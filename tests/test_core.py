@@ -241,6 +241,43 @@ def test_bad_arguments_are_clear_errors():
         core.layer_map(jnp.zeros((2, 3)), jnp.zeros((2, 3)))
 
 
+def test_raw_person_ids_are_an_error_and_dense_ids_fix_them():
+    apply_fn, params = nnx_model()
+    raw = jnp.array([1001, 1001, 1002, 1002, 1002, 1007])
+    with pytest.raises(ValueError, match=r"person_ids must be dense ids in \[0, num_people=6\).*1001 to 1007"):
+        core.leam_maps(apply_fn, params, IMAGES, person_ids=raw)
+    with pytest.raises(ValueError, match="dense_person_ids"):
+        core.loo_references(jnp.ones((6, 4)), raw, num_people=3)
+    dense, num = core.dense_person_ids(raw)
+    assert num == 3 and list(np.asarray(dense)) == list(np.asarray(PERSONS))
+    got = core.leam_maps(apply_fn, params, IMAGES, person_ids=dense, num_people=num)
+    want = core.leam_maps(apply_fn, params, IMAGES, person_ids=PERSONS, num_people=3)
+    np.testing.assert_allclose(got.overall, want.overall, atol=1e-7)
+
+
+def test_traced_out_of_range_ids_give_nan_scores_not_wrong_ones():
+    """Inside a user's own jit the ids cannot be checked; an id outside [0, num_people) then gives
+    a NaN score (and flagged zero maps), never a silently wrong reference."""
+    apply_fn, params = nnx_model()
+    emb = apply_fn(params, IMAGES)[0]
+    ids = jnp.array([0, 0, 1, 1, 1, 9])
+    scores = jax.jit(lambda e, i: core.target_scores(e, target="identity", person_ids=i, num_people=3))(emb, ids)
+    assert np.isnan(scores[5]) and np.isfinite(scores[:5]).all()
+    np.testing.assert_allclose(scores[:5], core.target_scores(emb, person_ids=PERSONS, num_people=3)[:5], rtol=1e-6)
+
+
+def test_runners_share_placed_params_without_copies():
+    apply_fn, params = nnx_model()
+    place = core.Placement(4)
+    placed = place.replicate(params)
+    a = core.LeamRunner(apply_fn, placed, batch_size=4, weighting="gradcam")
+    b = core.LeamRunner(apply_fn, placed, batch_size=4, weighting="layercam")
+    leaves = jax.tree_util.tree_leaves
+    assert all(x is y is z for x, y, z in zip(leaves(placed), leaves(a.params), leaves(b.params)))
+    with pytest.raises(ValueError, match="positive multiple"):
+        core.LeamRunner(apply_fn, params, batch_size=0)
+
+
 # --- fixed shapes: no recompilation ------------------------------------------------------
 
 

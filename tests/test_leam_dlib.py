@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from leam_jax import analysis, core, stats
+from leam_jax import core, stats
+from leam_jax.study import compute
 
 pytestmark = [pytest.mark.weights, pytest.mark.faces]
 
@@ -19,12 +20,13 @@ pytestmark = [pytest.mark.weights, pytest.mark.faces]
 @pytest.fixture(scope="module")
 def results(dlib_model, johns_chips):
     chips, persons, _ = johns_chips
-    ids = jnp.asarray(analysis.dense_ids(persons))
+    ids = jnp.asarray(compute.dense_ids(persons)[0])
     out = {}
     for weighting in core.WEIGHTINGS:
-        sm = analysis.explain_set(dlib_model, chips, persons, weighting=weighting)
+        sm = compute.explain_set(compute.set_worker(dlib_model, weighting=weighting), chips, persons)
         bc = stats.bc_same_different(jnp.asarray(sm.overall), ids)
-        occ = {fill: analysis.occlusion_comparison(dlib_model, chips, sm.overall, sm.references, fill=fill)
+        occ = {fill: compute.occlusion_comparison(compute.set_worker(dlib_model, weighting=weighting, fill=fill),
+                                                  chips, sm.overall, sm.references)
                for fill in ("mean", "zero")}
         out[weighting] = (sm, bc, occ)
         print(f"\n{weighting}: BC same {float(bc.mean_same):.4f} vs different {float(bc.mean_diff):.4f}; "
@@ -73,10 +75,11 @@ def test_criteria_hold_in_the_analysis_frame(faces_dir, dlib_dat, tmp_path):
     1% random pixels."""
     import csv
 
-    from leam_jax.study.job import JobConfig, run
+    from leam_jax.study.config import StudyConfig
+    from leam_jax.study.job import run
 
-    run(JobConfig(models=("dlib_resnet",), data_dir=str(faces_dir / "dlib_johns"), output_dir=tmp_path,
-                  occlusion_percents=(1.0,), transfer_percent=0.0, report=False), log=lambda m: None)
+    run(StudyConfig(models=("dlib_resnet",), data_dir=str(faces_dir / "dlib_johns"), output_dir=tmp_path,
+                    occlusion_percents=(1.0,), transfer_percent=0.0, report=False), log=lambda m: None)
     with open(tmp_path / "tables" / "headline.csv") as f:
         rows = {r["weighting"]: r for r in csv.DictReader(f)}
     assert set(rows) == {"gradcam", "layercam", "gradxact"}

@@ -133,5 +133,61 @@ def test_occlusion_delta_oracle():
     cos = lambda a, b: (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
     e0, e1 = np.asarray(embed(img)), occluded.reshape(2, -1) @ np.asarray(w)
     np.testing.assert_allclose(stats.occlusion_delta(embed, img, mask, ref, fill="zero"), cos(e0, ref) - cos(e1, ref), rtol=1e-4)
-    rnd = stats.random_occlusion_delta(embed, img, 10, ref, jax.random.PRNGKey(0), seeds=3)
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    rnd = stats.random_occlusion_delta(embed, img, 10, ref, keys, fill="zero")
+    # The mean over draws of each draw's Δcos with its own mask (each key split into mask and fill keys).
+    draws = [stats.occlusion_delta(embed, img, stats.random_masks(jax.random.split(k)[0], (2, 8, 8), 10), ref,
+                                   fill="zero") for k in keys]
+    np.testing.assert_allclose(rnd, np.mean(draws, axis=0), rtol=1e-5)
     assert rnd.shape == (2,) and np.all(np.isfinite(rnd))
+
+
+# --- verification: all pairs, AUC, TAR at FAR (brute-force oracles) -------------------------
+
+
+def brute_auc(s, p):
+    pos, neg = s[p], s[~p]
+    return np.mean([(a > b) + 0.5 * (a == b) for a in pos for b in neg])
+
+
+def test_auc_matches_brute_force_with_ties():
+    rng = np.random.default_rng(0)
+    s = np.round(rng.normal(size=300), 1)  # many ties
+    p = rng.uniform(size=300) < 0.3
+    assert float(stats.roc_auc(s, p)) == pytest.approx(brute_auc(s, p), abs=1e-6)
+    assert float(jax.jit(stats.roc_auc)(s, p)) == pytest.approx(brute_auc(s, p), abs=1e-6)
+    assert float(stats.roc_auc(np.arange(10.0), np.arange(10) >= 5)) == 1.0
+    assert np.isnan(stats.roc_auc(np.arange(4.0), np.zeros(4, bool)))
+
+
+def test_tar_at_far_and_pairs():
+    s = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0])
+    p = np.array([1, 1, 0, 1, 0, 0, 0, 0, 0, 0], bool)
+    assert float(stats.tar_at_far(s, p, far=0.0)) == pytest.approx(2 / 3)  # threshold at the best negative, 0.7
+    assert float(stats.tar_at_far(s, p, far=0.5)) == 1.0
+    rng = np.random.default_rng(1)
+    s, p = rng.normal(size=500), rng.uniform(size=500) < 0.2
+    neg = np.sort(s[~p])[::-1]
+    assert float(stats.tar_at_far(s, p, 0.01)) == pytest.approx(np.mean(s[p] > neg[int(0.01 * len(neg))]))
+    emb = np.array([[1.0, 0], [0.9, 0.1], [0, 1]])
+    scores, same = stats.pair_scores(emb, np.array([0, 0, 1]))
+    np.testing.assert_array_equal(same, [True, False, False])
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    np.testing.assert_allclose(scores, [unit[0] @ unit[1], unit[0] @ unit[2], unit[1] @ unit[2]], rtol=1e-6)
+    dist, _ = stats.pair_scores(emb, np.array([0, 0, 1]), metric="euclidean")
+    np.testing.assert_allclose(dist, [-np.linalg.norm(emb[i] - emb[j]) for i, j in ((0, 1), (0, 2), (1, 2))],
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match="metric must be cosine or euclidean"):
+        stats.pair_scores(emb, np.array([0, 0, 1]), metric="l1")
+
+
+def test_same_different_on_a_precomputed_matrix():
+    v = RNG.random((6, 6)).astype(np.float32)
+    ids = np.array([0, 0, 1, 1, 1, 2])
+    valid = np.array([True, True, True, False, True, True])
+    s = stats.same_different(jnp.asarray(v), jnp.asarray(ids), valid=jnp.asarray(valid))
+    pairs = [(i, j) for i in range(6) for j in range(i + 1, 6) if valid[i] and valid[j]]
+    same = [v[i, j] for i, j in pairs if ids[i] == ids[j]]
+    diff = [v[i, j] for i, j in pairs if ids[i] != ids[j]]
+    assert (int(s.n_same), int(s.n_diff)) == (len(same), len(diff))
+    np.testing.assert_allclose([s.mean_same, s.mean_diff], [np.mean(same), np.mean(diff)], rtol=1e-6)

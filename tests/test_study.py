@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from leam_jax.study.job import JobConfig, run
+from leam_jax.study.config import StudyConfig
+from leam_jax.study.job import run
 
 pytestmark = [pytest.mark.weights, pytest.mark.faces]
 
@@ -110,9 +111,9 @@ def test_process_slices_merge_to_the_same_tables(baseline, johns_dir, tmp_path):
     base = dict(models=("dlib_resnet",), data_dir=str(johns_dir), aligned=True, max_people=3, max_images_per_person=3,
                 shard_size=3, batch_size=4, weightings=("gradcam", "layercam"), occlusion_percents=(1.0, 5.0),
                 random_seeds=2, output_dir=out, num_processes=2, report=False)
-    s1 = run(JobConfig(**base, process_index=1), log=lambda m: None)
+    s1 = run(StudyConfig(**base, process_index=1), log=lambda m: None)
     assert "process 1" in s1["report"] and not (out / "tables").exists()
-    run(JobConfig(**base, process_index=0, wait_timeout_s=5), log=lambda m: None)
+    run(StudyConfig(**base, process_index=0, wait_timeout_s=5), log=lambda m: None)
     assert _tables(out) == _tables(baseline)
 
 
@@ -133,7 +134,7 @@ def test_mixed_folder_lists_every_bad_file(johns_dir, tmp_path):
     cv2.imwrite(str(b / "tiny.png"), np.zeros((1, 1, 3), np.uint8))
     cv2.imwrite(str(b / "noface.png"), np.full((200, 200, 3), 128, np.uint8))
     out = tmp_path / "out"
-    summary = run(JobConfig(models=("dlib_resnet",), data_dir=str(root), output_dir=out, batch_size=4,
+    summary = run(StudyConfig(models=("dlib_resnet",), data_dir=str(root), output_dir=out, batch_size=4,
                             weightings=("gradcam",), occlusion_percents=(1.0,), random_seeds=1, report=False),
                   log=lambda m: None)
     with open(out / "failures.csv") as f:
@@ -149,12 +150,12 @@ def test_builtin_default_runs_on_the_sample_photos(tmp_path):
     """No --data_dir/--manifest: the face-api sample photos, every face its own id (one model here;
     the README's no-flag run uses every default model)."""
     pytest.importorskip("leam_jax.study.samples")
-    from converters import sources
     from leam_jax.study import samples
+    from leam_jax.weights import packages
 
     try:
         samples.sample_images()
-    except sources.SourceError as e:
+    except packages.SourceError as e:
         pytest.skip(f"sample photos unavailable: {e}")
     out = tmp_path / "default"
     r = subprocess.run([sys.executable, "-m", "leam_jax.main", f"--output_dir={out}", "--models=dlib_resnet",

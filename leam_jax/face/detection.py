@@ -260,7 +260,7 @@ def detect_many(apply: Callable, params, images: Sequence[np.ndarray], *, min_sc
     """Faces in each image (any size, uint8 RGB [H, W, 3]), largest first.
 
     ``apply(params, x [B, 256, 256, 3] in [-1, 1]) -> (regressors, logits)``
-    (e.g. from ``leam_jax.models.blazeface.load()``). Batches have a fixed
+    (e.g. from ``leam_jax.weights.load_apply("blazeface")``). Batches have a fixed
     size (the last one padded), so the network compiles once.
     """
     results: list[list[Detection]] = []

@@ -65,6 +65,17 @@ CLASS_ID = {name: i for i, name in enumerate(CLASSES)}
 # Fine class -> the coarse class it refines.
 PARENT = {"forehead": "skin", "l_cheek": "skin", "r_cheek": "skin", "chin": "skin",
           "nose_bridge": "nose", "nose_tip": "nose"}
+# Groups of classes every statistic also reports (the one definition tables, figures and the
+# report use); ``eyes_brows_nose`` is the critical region of the paper's findings.
+REGION_GROUPS = {
+    "nose_all": ("nose", "nose_bridge", "nose_tip"),
+    "eyes": ("l_eye", "r_eye"),
+    "brows": ("l_brow", "r_brow"),
+    "lips": ("u_lip", "l_lip", "mouth"),
+    "eyes_brows_nose": ("l_eye", "r_eye", "l_brow", "r_brow", "nose", "nose_bridge", "nose_tip"),
+    "face": tuple(c for c in CLASSES if c != "background"),
+}
+CRITICAL_REGION = "eyes_brows_nose"
 
 # The face oval (FACEMESH_FACE_OVAL; human's meshAnnotations.silhouette), clockwise from the top.
 FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,

@@ -1,21 +1,24 @@
 """Everything a sweep computes for one shard of faces, for every model (device work).
 
-A :class:`ModelWorker` holds one model's compiled functions (embedding, LEAM
-per weighting, the two baselines, occlusion), all over fixed-shape batches
-sharded along the batch axis, so a sweep compiles once per model. Results are
-numpy arrays keyed ``<kind>/<model>/...`` for the shard file.
+A :class:`ModelWorker` is the one driver of a model's work: it places the
+params on the devices once and holds the compiled functions (embedding, LEAM
+per weighting through :class:`leam_jax.core.LeamRunner`, the two baselines,
+occlusion), all over fixed ``[batch_size]`` shapes sharded along the batch
+axis, so a sweep compiles once per model. Results are keyed by
+:mod:`leam_jax.study.schema`.
 
 Targets: ``identity`` explains each face against the leave-one-out mean of its
-person's other faces (faces of a person never straddle shards, so this equals
-the dataset-wide reference) and falls back to ``self`` for a person with one
-face; ``self`` explains every face against itself. Occlusion measures
-``Δcos = cos(e(x), r) - cos(e(x_occ), r)`` with the same ``r`` (the clean
-embedding itself for ``self``).
+person's other faces (:func:`leam_jax.core.loo_references`; faces of a person
+never straddle shards, so this equals the dataset-wide reference) and falls
+back to ``self`` for a person with one face; ``self`` explains every face
+against itself. Occlusion measures ``Δcos = cos(e(x), r) - cos(e(x_occ), r)``
+with the same ``r`` (the clean embedding itself for ``self``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import zlib
 from collections.abc import Sequence
 
@@ -24,7 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from leam_jax import core, stats
+from leam_jax.batching import Placement, chunks
 from leam_jax.face import alignment, regions
+from leam_jax.study import schema
 from leam_jax.study.loader import FaceInput
 
 FRAME = alignment.ANALYSIS_SIZE
@@ -33,18 +38,24 @@ LAYER_GRID = 128  # per-layer maps are warped onto this grid of the frame, then 
 
 @dataclasses.dataclass(frozen=True)
 class ComputeConfig:
-    weightings: tuple[str, ...] = core.WEIGHTINGS
-    target: str = "identity"  # identity | self
-    top_percents: tuple[float, ...] = (1.0, 5.0, 10.0)
-    occlusion_percents: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0)
-    occlusion_fills: tuple[str, ...] = (stats.DEFAULT_FILL,)
-    random_seeds: int = 3
-    transfer_percent: float = 1.0  # <= 0: no transfer matrix
+    """The device-side settings of a sweep (built from the study's config, which holds the defaults)."""
+
+    weightings: tuple[str, ...]
+    target: str  # identity | self
+    top_percents: tuple[float, ...]
+    occlusion_percents: tuple[float, ...]
+    occlusion_fills: tuple[str, ...]
+    random_seeds: int
+    transfer_percent: float  # <= 0: no transfer matrix
+    batch_size: int
+    seed: int
     map_size: int = 128  # stored overall maps (sum-pooled from the 256 frame)
     layer_map_size: int = 32  # stored per-layer maps
     mean_layer_size: int = 64  # per-shard sums of per-layer maps (the mean-map figure)
-    batch_size: int = 32
-    seed: int = 0
+
+    @property
+    def occlusion(self) -> bool:
+        return bool(self.occlusion_percents and self.occlusion_fills)
 
 
 def _key(seed: int, *parts: str | int) -> jax.Array:
@@ -98,7 +109,6 @@ def _post(overall, per_layer, f2m, labels, *, top_percents, map_size, layer_size
 
 
 _top_mask = core.jit(stats.top_percent_mask, static_argnames=("percent",))
-_random_masks = core.jit(stats.random_masks, static_argnums=(1, 2))
 
 
 @core.jit(static_argnames=("side", "percent"))
@@ -109,174 +119,262 @@ def _frame_maps_to_model_masks(frame_maps, model_to_frame, *, side, percent):
     return stats.top_percent_mask(warped, percent)
 
 
-def _pad(a: np.ndarray, bs: int) -> np.ndarray:
-    """Pad rows to ``bs`` by repeating row 0 (finite everywhere; the extra rows are cut off)."""
-    n = a.shape[0]
-    return a if n == bs else np.concatenate([a, np.repeat(a[:1], bs - n, axis=0)])
+def dense_ids(persons: Sequence[str]) -> tuple[np.ndarray, int]:
+    """Person names -> (ids in [0, P), P)."""
+    uniq, ids = np.unique(np.asarray(persons), return_inverse=True)
+    return ids.reshape(-1).astype(np.int32), len(uniq)
 
 
-def loo_references_np(emb: np.ndarray, persons: Sequence[str]) -> np.ndarray:
-    """Leave-one-out mean of the unit embeddings of each face's person, renormalised; zero rows
-    for a person with one face (as ``core.loo_references``)."""
-    unit = emb / np.maximum(np.linalg.norm(emb, axis=-1, keepdims=True), 1e-12)
-    ids = np.unique(np.asarray(persons), return_inverse=True)[1].reshape(-1)
-    sums = np.zeros((ids.max() + 1, emb.shape[1]))
-    np.add.at(sums, ids, unit.astype(np.float64))
-    counts = np.bincount(ids)
-    others = sums[ids] - unit
-    ref = others / np.maximum(np.linalg.norm(others, axis=-1, keepdims=True), 1e-12)
-    return np.where((counts[ids] >= 2)[:, None], ref, 0.0).astype(np.float32)
+@dataclasses.dataclass
+class ModelShard:
+    """One model's results on a shard: ``stored`` (schema keys) plus the working arrays the
+    transfer matrix needs (never stored)."""
+
+    stored: dict[str, np.ndarray]
+    frame: dict[str, np.ndarray]  # weighting -> [N, F, F] overall maps in the analysis frame
+    x: np.ndarray  # [N, S, S, 3] model inputs
+    f2m: np.ndarray  # [N, 2, 3] frame -> model input
+    occ_ref: np.ndarray  # [N, D] the reference occlusion is measured against
+    emb: np.ndarray  # [N, D]
+
+
+@dataclasses.dataclass
+class _Batch:
+    """One fixed-shape batch on the devices (k real rows)."""
+
+    index: int
+    k: int
+    x: jax.Array
+    refs: jax.Array
+    emb: jax.Array
+    occ_ref: jax.Array
+
+
+class _Rows:
+    """Per-batch results of a shard, cut to their real rows and concatenated at the end."""
+
+    def __init__(self):
+        self._parts: dict[str, list[np.ndarray]] = {}
+
+    def add(self, key: str, value, k: int, dtype=None) -> None:
+        a = np.asarray(value)[:k]
+        self._parts.setdefault(key, []).append(a if dtype is None else a.astype(dtype))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {key: np.concatenate(parts) for key, parts in self._parts.items()}
+
+
+def _shard_sum(rows: np.ndarray) -> np.ndarray:
+    """Sum over faces in float64, stored as float32 (the per-shard sums of the mean maps)."""
+    return rows.astype(np.float64).sum(0).astype(np.float32)
 
 
 class ModelWorker:
-    """One model's compiled functions for a sweep (all over fixed [batch_size, ...] shapes)."""
+    """The one driver of a model's work: its params on the devices (one copy) and its compiled
+    functions, all over fixed ``[batch_size, ...]`` shapes."""
 
     def __init__(self, model, *, template: str, taps: Sequence[str], config: ComputeConfig,
-                 mesh: jax.sharding.Mesh):
-        self.model = model
-        self.name = model.name
-        self.template = template
+                 mesh: jax.sharding.Mesh | None = None):
+        self.model, self.name, self.template, self.config = model, model.name, template, config
         self.taps = tuple(taps)
-        self.config = config
-        self.bs = config.batch_size
-        self._sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
-        self.params = jax.device_put(model.params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-        kw = dict(batch_size=self.bs, target=config.target, taps=self.taps, mesh=mesh)
-        self.runners = {w: core.LeamRunner(model.apply, model.params, weighting=w, **kw) for w in config.weightings}
-        self.last_layer = core.LeamRunner(model.apply, model.params, weighting="gradcam",
-                                          **{**kw, "taps": (self.taps[-1],)})
-        apply = model.apply
-        target = config.target
+        self.place = Placement(config.batch_size, mesh)
+        self.params = self.place.replicate(model.params)  # shared by every compiled function below
+        kw = dict(batch_size=config.batch_size, target=config.target, taps=self.taps, mesh=self.place.mesh)
+        self.runners = {w: core.LeamRunner(model.apply, self.params, weighting=w, **kw) for w in config.weightings}
+        self.last_layer = core.LeamRunner(model.apply, self.params, weighting="gradcam", **{**kw, "taps": self.taps[-1:]})
+        apply, target = model.apply, config.target
 
         def embed(params, x):
             return apply(params, x)[0]
 
-        def score_fn(refs):
-            def score(e):
-                if target == "self":
-                    return core.self_score(e)
-                has_ref = jnp.sum(refs * refs, axis=-1) > 0
-                return jnp.where(has_ref, core.identity_score(e, refs), core.self_score(e))
-            return score
-
         def input_grad(params, x, refs):
-            return core.input_gradient_saliency(apply, params, x, score_fn(refs))[0]
+            score = functools.partial(core.target_scores, target=target, references=refs)
+            return core.input_gradient_saliency(apply, params, x, score)[0]
 
         def occlusion(params, x, masks, refs, clean, key, fill):
             return stats.occlusion_delta(lambda z: embed(params, z), x, masks, refs, fill=fill, key=key,
                                          clean_embeddings=clean)
 
+        def random_occlusion(params, x, refs, clean, keys, fill, percent):
+            return stats.random_occlusion_delta(lambda z: embed(params, z), x, percent, refs, keys, fill=fill,
+                                                clean_embeddings=clean)
+
         self._embed = core.jit(embed)
         self._input_grad = core.jit(input_grad)
         self._occlusion = core.jit(occlusion, static_argnames=("fill",))
+        self._random_occlusion = core.jit(random_occlusion, static_argnames=("fill", "percent"))
 
-    def _put(self, x: np.ndarray) -> jax.Array:
-        return jax.device_put(jnp.asarray(_pad(np.asarray(x), self.bs)), self._sharded)
-
-    def chunks(self, n: int) -> list[slice]:
-        return [slice(i, min(i + self.bs, n)) for i in range(0, n, self.bs)]
-
+    # -- whole sets ----------------------------------------------------------------------
     def embed(self, x: np.ndarray) -> np.ndarray:
-        return np.concatenate([np.asarray(self._embed(self.params, self._put(x[s])))[: s.stop - s.start]
-                               for s in self.chunks(len(x))])
+        """[N, S, S, 3] model inputs -> [N, D] embeddings."""
+        return np.concatenate([np.asarray(self._embed(self.params, self.place.put(x[s])))[: s.stop - s.start]
+                               for s in chunks(len(x), self.place.batch_size)])
 
-    def occlusion(self, x, masks, refs, clean, *, fill: str, key: jax.Array) -> np.ndarray:
-        """Δcos for one batch (arrays already padded and on device)."""
-        return np.asarray(self._occlusion(self.params, x, masks, refs, clean, key, fill=fill))
+    def references(self, emb: np.ndarray, persons: Sequence[str]) -> np.ndarray:
+        """[N, D] what each face is explained against: leave-one-out means of the person's other
+        faces (``identity``; a zero row for a person with one face), zero rows for ``self``."""
+        if self.config.target == "self":
+            return np.zeros_like(emb)
+        ids, num = dense_ids(persons)
+        return np.asarray(core.loo_references(jnp.asarray(emb), jnp.asarray(ids), num_people=num)[0])
 
-    # -- one shard -------------------------------------------------------------------------
-    def explain(self, faces: Sequence[FaceInput], shard_key: str) -> dict[str, np.ndarray]:
-        """Embeddings, maps, baselines, occlusion and region statistics for the shard's faces."""
+    def batches(self, *arrays: np.ndarray):
+        """(index, real rows, the arrays' rows padded and placed) per fixed-shape batch."""
+        for i, s in enumerate(chunks(len(arrays[0]), self.place.batch_size)):
+            yield i, s.stop - s.start, [self.place.put(a[s]) for a in arrays]
+
+    # -- one batch ----------------------------------------------------------------------
+    def leam(self, x: jax.Array, refs: jax.Array) -> dict[str, core.LeamMaps]:
+        """Every weighting's maps of one placed batch (padded rows are computed too; callers cut)."""
+        return {w: runner(x, references=refs) for w, runner in self.runners.items()}
+
+    def baselines(self, x: jax.Array, refs: jax.Array) -> dict[str, jax.Array]:
+        """Overall maps of the two baselines: input-gradient saliency and last-layer Grad-CAM."""
+        return {"input_gradient": self._input_grad(self.params, x, refs),
+                "last_layer": self.last_layer(x, references=refs).overall}
+
+    def occlusion(self, x, maps: dict[str, jax.Array], occ_ref, clean, *, seed_parts: tuple) -> dict[str, jax.Array]:
+        """Δcos of every method's top-p% mask and of matched random masks, per fill and percent."""
+        cfg, out = self.config, {}
+        for fill in cfg.occlusion_fills:
+            for p in cfg.occlusion_percents:
+                for method, mp in maps.items():
+                    key = _key(cfg.seed, *seed_parts, self.name, method, fill, p)
+                    out[schema.occlusion(self.name, method, fill, p)] = self._occlusion(
+                        self.params, x, _top_mask(mp, percent=p), occ_ref, clean, key, fill=fill)
+                keys = jnp.stack([_key(cfg.seed, *seed_parts, self.name, "random", fill, p, r)
+                                  for r in range(cfg.random_seeds)])
+                out[schema.occlusion(self.name, "random", fill, p)] = self._random_occlusion(
+                    self.params, x, occ_ref, clean, keys, fill=fill, percent=p)
+        return out
+
+    # -- one shard ----------------------------------------------------------------------
+    def _post_batch(self, rows: _Rows, maps: dict[str, core.LeamMaps], f2m, labels, k: int) -> None:
+        """Maps -> the analysis frame, pooled copies and region statistics, into ``rows``."""
         cfg, m = self.config, self.name
-        n = len(faces)
+        for w, lm in maps.items():
+            post = _post(lm.overall, lm.per_layer, f2m, labels, top_percents=tuple(cfg.top_percents),
+                         map_size=cfg.map_size, layer_size=cfg.layer_map_size, mean_layer_size=cfg.mean_layer_size)
+            rows.add(schema.per_map("flags", m, w), lm.flags, k)
+            rows.add(schema.per_map("overall_flags", m, w), lm.overall_flags, k)
+            rows.add(f"frame/{w}", post["frame"], k)  # working array (transfer, shard sum)
+            rows.add(f"layers_mean/{w}", post["layers_mean"], k)  # working array (shard sum)
+            rows.add(schema.per_map("overall", m, w), post["overall"], k, np.float16)
+            rows.add(schema.per_map("layers", m, w), post["layers"], k, np.float16)
+            rows.add(schema.per_map("share", m, w), post["share"], k)
+            rows.add(schema.per_map("mass", m, w), post["mass"], k)
+            if w == cfg.weightings[0]:
+                rows.add(schema.AREA, post["area"], k)
+
+    def explain(self, faces: Sequence[FaceInput], shard_key: str) -> ModelShard:
+        """Embeddings, maps, region statistics, baselines and occlusion for the shard's faces."""
         x = np.stack([f.crops[self.template] for f in faces]).astype(np.float32)
         f2m = np.stack([f.frame_to_model[self.template] for f in faces]).astype(np.float32)
         labels = np.stack([f.labels for f in faces]).astype(np.int32)
         emb = self.embed(x)
-        refs = np.zeros_like(emb) if cfg.target == "self" else loo_references_np(emb, [f.person for f in faces])
+        refs = self.references(emb, [f.person for f in faces])
         has_ref = np.sum(refs * refs, axis=-1) > 0
-        unit = emb / np.maximum(np.linalg.norm(emb, axis=-1, keepdims=True), 1e-12)
-        occ_ref = np.where(has_ref[:, None], refs, unit).astype(np.float32)
-        acc: dict[str, list] = {}
+        occ_ref = np.where(has_ref[:, None], refs, np.asarray(core.l2_normalize(jnp.asarray(emb)))).astype(np.float32)
+        rows = _Rows()
+        for i, k, (xb, rb, eb, ob, f2mb, lb) in self.batches(x, refs, emb, occ_ref, f2m, labels):
+            maps = self.leam(xb, rb)
+            self._post_batch(rows, maps, f2mb, lb, k)
+            if self.config.occlusion:
+                overall = {w: lm.overall for w, lm in maps.items()} | self.baselines(xb, rb)
+                for key, d in self.occlusion(xb, overall, ob, eb, seed_parts=(shard_key, i)).items():
+                    rows.add(key, d, k)
+        out = rows.arrays()
+        frame = {w: out.pop(f"frame/{w}") for w in self.config.weightings}
+        for w in self.config.weightings:
+            out[schema.per_map("overall_sum", self.name, w)] = _shard_sum(frame[w])
+            out[schema.per_map("layers_sum", self.name, w)] = _shard_sum(out.pop(f"layers_mean/{w}"))
+        out[schema.per_model("emb", self.name)] = emb.astype(np.float32)
+        out[schema.per_model("has_ref", self.name)] = has_ref
+        return ModelShard(out, frame, x, f2m, occ_ref, emb)
 
-        def add(key, value, k):
-            acc.setdefault(key, []).append(np.asarray(value)[:k])
-
-        side = x.shape[1]
-        for ci, s in enumerate(self.chunks(n)):
-            k = s.stop - s.start
-            xb, rb, eb, ob = (self._put(a[s]) for a in (x, refs, emb, occ_ref))
-            f2mb, lb = jnp.asarray(_pad(f2m[s], self.bs)), jnp.asarray(_pad(labels[s], self.bs))
-            maps = {}
-            for w, runner in self.runners.items():
-                lm = runner(xb, references=rb)  # padded rows are real rows here; cut below
-                post = _post(lm.overall, lm.per_layer, f2mb, lb, top_percents=tuple(cfg.top_percents),
-                             map_size=cfg.map_size, layer_size=cfg.layer_map_size,
-                             mean_layer_size=cfg.mean_layer_size)
-                maps[w] = lm.overall
-                add(f"flags/{m}/{w}", lm.flags, k)
-                add(f"overall_flags/{m}/{w}", lm.overall_flags, k)
-                add(f"frame/{m}/{w}", post["frame"], k)
-                add(f"overall/{m}/{w}", np.asarray(post["overall"], np.float16), k)
-                add(f"layers/{m}/{w}", np.asarray(post["layers"], np.float16), k)
-                add(f"_layers_mean/{m}/{w}", post["layers_mean"], k)
-                add(f"share/{m}/{w}", post["share"], k)
-                add(f"mass/{m}/{w}", post["mass"], k)
-                if w == cfg.weightings[0]:
-                    add("area", post["area"], k)
-            if cfg.occlusion_percents and cfg.occlusion_fills:  # the baselines only enter occlusion
-                maps["input_gradient"] = self._input_grad(self.params, xb, rb)
-                maps["last_layer"] = self.last_layer(xb, references=rb).overall
-            for fill in cfg.occlusion_fills:
-                for p in cfg.occlusion_percents:
-                    for method, mp in maps.items():
-                        key = _key(cfg.seed, shard_key, ci, m, method, fill, p)
-                        add(f"occ/{m}/{method}/{fill}/{p:g}",
-                            self.occlusion(xb, _top_mask(mp, percent=p), ob, eb, fill=fill, key=key), k)
-                    draws = []
-                    for r in range(cfg.random_seeds):
-                        mk, fk = jax.random.split(_key(cfg.seed, shard_key, ci, m, "random", fill, p, r))
-                        masks = jax.device_put(_random_masks(mk, (self.bs, side, side), p), self._sharded)
-                        draws.append(self.occlusion(xb, masks, ob, eb, fill=fill, key=fk))
-                    add(f"occ/{m}/random/{fill}/{p:g}", np.mean(draws, axis=0), k)
-        out = {key: np.concatenate(v) for key, v in acc.items()}
-        for w in cfg.weightings:
-            out[f"overall_sum/{m}/{w}"] = out[f"frame/{m}/{w}"].astype(np.float64).sum(0).astype(np.float32)
-            out[f"layers_sum/{m}/{w}"] = out.pop(f"_layers_mean/{m}/{w}").astype(np.float64).sum(0).astype(np.float32)
-        out[f"emb/{m}"] = emb.astype(np.float32)
-        out[f"has_ref/{m}"] = has_ref
-        out[f"_x/{m}"], out[f"_occ_ref/{m}"], out[f"_f2m/{m}"] = x, occ_ref, f2m
-        return out
-
-    def transfer(self, frame_maps: np.ndarray, x: np.ndarray, f2m: np.ndarray, occ_ref: np.ndarray,
-                 emb: np.ndarray, *, fill: str, key: jax.Array) -> np.ndarray:
+    def transfer(self, frame_maps: np.ndarray, mine: ModelShard, *, fill: str, key: jax.Array) -> np.ndarray:
         """Δcos on this model when the top pixels of another model's frame maps are occluded."""
-        inv = np.stack([alignment.invert_affine(a) for a in f2m]).astype(np.float32)
+        inv = np.stack([alignment.invert_affine(a) for a in mine.f2m]).astype(np.float32)
         out = []
-        for ci, s in enumerate(self.chunks(len(x))):
-            masks = _frame_maps_to_model_masks(jnp.asarray(_pad(frame_maps[s], self.bs)), jnp.asarray(_pad(inv[s], self.bs)),
-                                          side=x.shape[1], percent=self.config.transfer_percent)
-            d = self.occlusion(self._put(x[s]), jax.device_put(masks, self._sharded), self._put(occ_ref[s]),
-                               self._put(emb[s]), fill=fill, key=jax.random.fold_in(key, ci))
-            out.append(d[: s.stop - s.start])
+        for i, k, (fm, m2f, xb, ob, eb) in self.batches(frame_maps, inv, mine.x, mine.occ_ref, mine.emb):
+            masks = _frame_maps_to_model_masks(fm, m2f, side=mine.x.shape[1], percent=self.config.transfer_percent)
+            d = self._occlusion(self.params, xb, masks, ob, eb, jax.random.fold_in(key, i), fill=fill)
+            out.append(np.asarray(d)[:k])
         return np.concatenate(out)
 
 
 def compute_shard(workers: Sequence[ModelWorker], faces: Sequence[FaceInput], shard_key: str,
                   config: ComputeConfig) -> dict[str, np.ndarray]:
-    """All models on one shard, then the A x B transfer matrix. Keys starting ``_`` or
-    ``frame/`` are working arrays, not for storage."""
-    out: dict[str, np.ndarray] = {}
-    for wk in workers:
-        out.update(wk.explain(faces, shard_key))
+    """All models on one shard, then the A x B transfer matrix: the arrays to store."""
+    shards = {wk.name: wk.explain(faces, shard_key) for wk in workers}
+    out = {k: v for ms in shards.values() for k, v in ms.stored.items()}
     if config.transfer_percent <= 0 or not config.occlusion_fills:
-        return {k: v for k, v in out.items() if not (k.startswith("_") or k.startswith("frame/"))}
+        return out
     fill = config.occlusion_fills[0]
     for w in config.weightings:
         for src in workers:
             for dst in workers:
                 key = _key(config.seed, shard_key, "transfer", w, src.name, dst.name)
-                d = dst.transfer(out[f"frame/{src.name}/{w}"], out[f"_x/{dst.name}"], out[f"_f2m/{dst.name}"],
-                                 out[f"_occ_ref/{dst.name}"], out[f"emb/{dst.name}"], fill=fill, key=key)
-                out[f"transfer/{w}/{src.name}/{dst.name}"] = d
-    return {k: v for k, v in out.items() if not (k.startswith("_") or k.startswith("frame/"))}
+                out[schema.transfer(w, src.name, dst.name)] = dst.transfer(
+                    shards[src.name].frame[w], shards[dst.name], fill=fill, key=key)
+    return out
+
+
+# -- the same driver over an in-memory set (tests, benchmarks, notebooks) -------------------
+
+
+@dataclasses.dataclass
+class SetMaps:
+    """LEAM over a set of N images of one model and weighting (numpy arrays)."""
+
+    overall: np.ndarray  # [N, S, S]
+    per_layer: np.ndarray  # [N, L, S, S]
+    flags: np.ndarray  # [N, L]
+    overall_flags: np.ndarray  # [N]
+    embeddings: np.ndarray  # [N, D]
+    references: np.ndarray  # [N, D] leave-one-out references (zero: none)
+    used_self: np.ndarray  # [N]
+    taps: tuple[str, ...]
+
+
+def set_worker(model, *, weighting: str = "gradcam", batch_size: int = 32, taps=None, target: str = "identity",
+               fill: str = stats.DEFAULT_FILL, percent: float = 1.0, seeds: int = 5, seed: int = 0) -> ModelWorker:
+    """A :class:`ModelWorker` for one weighting, fill and occlusion percent over an in-memory set
+    of model inputs (no face pipeline)."""
+    cfg = ComputeConfig(weightings=(weighting,), target=target, top_percents=(1.0,), occlusion_percents=(percent,),
+                        occlusion_fills=(fill,), random_seeds=seeds, transfer_percent=0.0, batch_size=batch_size,
+                        seed=seed)
+    return ModelWorker(model, template="", taps=taps or model.taps, config=cfg)
+
+
+def explain_set(worker: ModelWorker, images: np.ndarray, persons: Sequence[str]) -> SetMaps:
+    """The worker's (first) weighting over N model inputs, references leave-one-out over the set."""
+    x = np.asarray(images, np.float32)
+    emb = worker.embed(x)
+    refs = worker.references(emb, persons)
+    w = worker.config.weightings[0]
+    rows, taps = _Rows(), worker.taps
+    for _, k, (xb, rb) in worker.batches(x, refs):
+        lm = worker.leam(xb, rb)[w]
+        taps = lm.taps
+        for name in ("overall", "per_layer", "flags", "overall_flags", "used_self"):
+            rows.add(name, getattr(lm, name), k)
+    a = rows.arrays()
+    return SetMaps(a["overall"], a["per_layer"], a["flags"], a["overall_flags"], emb, refs, a["used_self"], taps)
+
+
+def occlusion_comparison(worker: ModelWorker, images: np.ndarray, maps: np.ndarray,
+                         references: np.ndarray) -> dict[str, np.ndarray]:
+    """Δcos per image when the top pixels of ``maps`` [N, S, S] are occluded (``leam``) and for as many
+    random pixels (``random``, mean over the worker's draws), at the worker's first percent and fill,
+    measured against ``references``: the same compiled occlusion as the sweep."""
+    cfg = worker.config
+    fill, p = cfg.occlusion_fills[0], cfg.occlusion_percents[0]
+    x = np.asarray(images, np.float32)
+    rows = _Rows()
+    for i, k, (xb, mb, rb, eb) in worker.batches(x, np.asarray(maps, np.float32), np.asarray(references),
+                                                  worker.embed(x)):
+        deltas = worker.occlusion(xb, {"leam": mb}, rb, eb, seed_parts=("set", i))
+        for method in ("leam", "random"):
+            rows.add(method, deltas[schema.occlusion(worker.name, method, fill, p)], k)
+    return rows.arrays()

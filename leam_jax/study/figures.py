@@ -41,15 +41,14 @@ MATRIX_CMAP = "cividis"
 LINESTYLES = ("-", "--", ":", "-.")
 METHODS = ("leam", "random", "input_gradient", "last_layer")
 METHOD_COLOURS = {"leam": OKABE_ITO[5], "random": "#777777", "input_gradient": OKABE_ITO[0], "last_layer": OKABE_ITO[2]}
-DEFAULT_FILL = "mean"  # the study's default occlusion fill (leam_jax.stats.DEFAULT_FILL; not imported: no jax here)
-CRITICAL_REGION = "eyes_brows_nose"
+CRITICAL_REGION = regions.CRITICAL_REGION
 
-# Region outlines drawn over the mean maps: name, face_regions classes, colour, line style.
+# Region outlines drawn over the mean maps: name, face classes (leam_jax.face.regions), colour, line style.
 REGION_OUTLINES = (
-    ("eyes", ("l_eye", "r_eye"), "#56B4E9", "-"),
-    ("brows", ("l_brow", "r_brow"), "#FFFFFF", "--"),
-    ("nose", ("nose", "nose_bridge", "nose_tip"), "#00E0A0", ":"),
-    ("lips", ("u_lip", "l_lip", "mouth"), "#F0A0D0", "-."),
+    ("eyes", regions.REGION_GROUPS["eyes"], "#56B4E9", "-"),
+    ("brows", regions.REGION_GROUPS["brows"], "#FFFFFF", "--"),
+    ("nose", regions.REGION_GROUPS["nose_all"], "#00E0A0", ":"),
+    ("lips", regions.REGION_GROUPS["lips"], "#F0A0D0", "-."),
 )
 
 _STYLE = {
@@ -79,10 +78,8 @@ def number(value: str | float | None) -> float:
 
 
 def default_fill(fills: Sequence[str]) -> str | None:
-    """The study's default fill ("mean") when present, else the first fill listed."""
+    """The fill the study headlines: the run's first fill, which the tables list first."""
     fills = list(dict.fromkeys(fills))
-    if DEFAULT_FILL in fills:
-        return DEFAULT_FILL
     return fills[0] if fills else None
 
 
@@ -286,6 +283,34 @@ def _pick_group(rows: Sequence[Mapping[str, str]]) -> str | None:
     return "all" if "all" in groups else (groups[0] if groups else None)
 
 
+def _region_panel(ax, rows, region_names: list[str], hues: list[str], pct: float) -> None:
+    """One model's bars (mean share with CI whiskers per weighting) and dashed area-share ticks."""
+    x = np.arange(len(region_names))
+    width = 0.8 / max(1, len(hues))
+    by_key = {(r["weighting"], r["region"]): r for r in rows}
+    for h, weighting in enumerate(hues):
+        mean, lo, hi = (np.array([number(by_key.get((weighting, g), {}).get(c)) for g in region_names])
+                        for c in ("share_mean", "share_ci_low", "share_ci_high"))
+        err = np.nan_to_num(np.stack([mean - lo, hi - mean]), nan=0.0).clip(min=0.0)
+        ax.bar(x - 0.4 + width * (h + 0.5), np.nan_to_num(mean, nan=0.0), width, yerr=err, capsize=2,
+               color=OKABE_ITO[h % len(OKABE_ITO)], edgecolor="black", linewidth=0.4,
+               error_kw={"elinewidth": 0.8, "ecolor": "#222222"})
+    area = []
+    for g in region_names:
+        vals = [number(r["area_share_mean"]) for r in rows if r["region"] == g]
+        vals = [v for v in vals if not math.isnan(v)]
+        area.append(float(np.mean(vals)) if vals else math.nan)
+    ok = ~np.isnan(area)
+    ax.hlines(np.asarray(area)[ok], x[ok] - 0.45, x[ok] + 0.45, colors="black", linestyles="--", linewidth=1.2)
+    if CRITICAL_REGION in region_names and len(region_names) > 1:
+        ax.axvline(len(region_names) - 1.5, color="#888888", linewidth=0.8)
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel(f"share of top {pct:g}% pixels")
+    ax.grid(axis="y", color="#DDDDDD", linewidth=0.6)
+    ax.set_axisbelow(True)
+
+
 @_styled
 def region_share_bars(rows: Sequence[Mapping[str, str]], path: str | Path, *, models: Sequence[str],
                       weightings: Sequence[str], top_percent: float = 1.0) -> Path:
@@ -315,34 +340,11 @@ def region_share_bars(rows: Sequence[Mapping[str, str]], path: str | Path, *, mo
         region_names = [g for g in region_names if g != CRITICAL_REGION] + [CRITICAL_REGION]
     hues = [w for w in weightings if any(r["weighting"] == w for r in rows)]
     x = np.arange(len(region_names))
-    width = 0.8 / max(1, len(hues))
     fig = _new_figure(min(10.5, max(7.0, 0.5 * len(region_names) * max(1, len(hues)) ** 0.5 + 2)), 2.6 * len(shown) + 1.2)
     axes = fig.subplots(len(shown), 1, squeeze=False, sharex=True)[:, 0]
     for ax, model in zip(axes, shown):
-        by_key = {(r["weighting"], r["region"]): r for r in rows if r["model"] == model}
-        for h, weighting in enumerate(hues):
-            mean = np.array([number(by_key.get((weighting, g), {}).get("share_mean")) for g in region_names])
-            lo = np.array([number(by_key.get((weighting, g), {}).get("share_ci_low")) for g in region_names])
-            hi = np.array([number(by_key.get((weighting, g), {}).get("share_ci_high")) for g in region_names])
-            err = np.nan_to_num(np.stack([mean - lo, hi - mean]), nan=0.0).clip(min=0.0)
-            ax.bar(x - 0.4 + width * (h + 0.5), np.nan_to_num(mean, nan=0.0), width, yerr=err, capsize=2,
-                   color=OKABE_ITO[h % len(OKABE_ITO)], edgecolor="black", linewidth=0.4,
-                   error_kw={"elinewidth": 0.8, "ecolor": "#222222"})
-        area = []
-        for g in region_names:
-            vals = [number(r["area_share_mean"]) for r in rows if r["model"] == model and r["region"] == g]
-            vals = [v for v in vals if not math.isnan(v)]
-            area.append(float(np.mean(vals)) if vals else math.nan)
-        ok = ~np.isnan(area)
-        ax.hlines(np.asarray(area)[ok], x[ok] - 0.45, x[ok] + 0.45, colors="black", linestyles="--", linewidth=1.2)
-        if CRITICAL_REGION in region_names and len(region_names) > 1:
-            ax.axvline(len(region_names) - 1.5, color="#888888", linewidth=0.8)
-        ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
-        ax.set_ylim(bottom=0)
-        ax.set_ylabel(f"share of top {pct:g}% pixels")
+        _region_panel(ax, [r for r in rows if r["model"] == model], region_names, hues, pct)
         ax.set_title(text(model), loc="left", fontweight="bold")
-        ax.grid(axis="y", color="#DDDDDD", linewidth=0.6)
-        ax.set_axisbelow(True)
     axes[-1].set_xticks(x, [text(g) for g in region_names], rotation=35, ha="right")
     handles = [Patch(facecolor=OKABE_ITO[h % len(OKABE_ITO)], edgecolor="black", label=text(w))
                for h, w in enumerate(hues)]
@@ -421,6 +423,25 @@ def bc_distributions(pair_rows: Sequence[Mapping[str, str]], path: str | Path, *
 # 5. Occlusion curves.
 
 
+def _method_curves(rows, model: str, method: str, weightings: Sequence[str]) -> list:
+    """[(weighting or None, (percents, mean, ci_low, ci_high))]: one curve per weighting, or a single
+    one (weighting None) when the method's numbers do not depend on the weighting."""
+    curves = {}
+    for weighting in weightings:
+        sel = {number(r["percent"]): r for r in rows
+               if r["model"] == model and r["method"] == method and r["weighting"] == weighting}
+        if sel:
+            p = np.array(sorted(sel))
+            curves[weighting] = (p, *(np.array([number(sel[q][c]) for q in p])
+                                      for c in ("dcos_mean", "dcos_ci_low", "dcos_ci_high")))
+    if not curves:
+        return []
+    first = next(iter(curves.values()))
+    same = all(c[0].shape == first[0].shape and np.allclose(c[0], first[0]) and
+               np.allclose(c[1], first[1], equal_nan=True) for c in curves.values())
+    return [(None, first)] if same else list(curves.items())
+
+
 @_styled
 def occlusion_curves(rows: Sequence[Mapping[str, str]], path: str | Path, *, models: Sequence[str],
                      weightings: Sequence[str], fill: str | None = None, max_columns: int = 3) -> Path:
@@ -430,7 +451,7 @@ def occlusion_curves(rows: Sequence[Mapping[str, str]], path: str | Path, *, mod
       rows: tables/occlusion.csv rows.
       path: PNG to write.
       models, weightings: panel order and line styles (one line style per weighting).
-      fill: occlusion fill to show (default: "mean" if present, else the first fill).
+      fill: occlusion fill to show (default: the run's first fill, as the headline).
       max_columns: panels per row.
 
     A method whose numbers do not depend on the weighting (random pixels, input
@@ -459,25 +480,10 @@ def occlusion_curves(rows: Sequence[Mapping[str, str]], path: str | Path, *, mod
             continue
         model = shown[k]
         for method in methods:
-            curves = {}
-            for weighting in weightings:
-                sel = {number(r["percent"]): r for r in rows
-                       if r["model"] == model and r["method"] == method and r["weighting"] == weighting}
-                if sel:
-                    p = np.array(sorted(sel))
-                    curves[weighting] = (p, *(np.array([number(sel[q][c]) for q in p])
-                                              for c in ("dcos_mean", "dcos_ci_low", "dcos_ci_high")))
-            if not curves:
-                continue
-            first = next(iter(curves.values()))
-            same = all(c[0].shape == first[0].shape and np.allclose(c[0], first[0]) and
-                       np.allclose(c[1], first[1], equal_nan=True) for c in curves.values())
-            items = [(None, first)] if same else list(curves.items())
-            for weighting, (p, mean, lo, hi) in items:
+            for weighting, (p, mean, lo, hi) in _method_curves(rows, model, method, weightings):
                 style = "-" if weighting is None else LINESTYLES[list(weightings).index(weighting) % len(LINESTYLES)]
                 label = text(method) if weighting is None else f"{text(method)} ({text(weighting)})"
-                ax.plot(p, mean, color=colours[method], linestyle=style, marker="o", markersize=3,
-                                  linewidth=1.5)
+                ax.plot(p, mean, color=colours[method], linestyle=style, marker="o", markersize=3, linewidth=1.5)
                 ax.fill_between(p, lo, hi, color=colours[method], alpha=0.15, linewidth=0)
                 handles.setdefault(label, Line2D([], [], color=colours[method], linestyle=style, marker="o",
                                                  markersize=3, label=label))

@@ -12,47 +12,12 @@ from pathlib import Path
 
 import jax
 
-from leam_jax import core, models, stats
+from leam_jax import core, models, weights
 from leam_jax.face.pipeline import TEMPLATES
 from leam_jax.study import inputs, sweep, tables
-from leam_jax.study.compute import ComputeConfig, ModelWorker, compute_shard
+from leam_jax.study.compute import ModelWorker, compute_shard
+from leam_jax.study.config import StudyConfig
 from leam_jax.study.loader import Loader
-
-# The real models that verify (benchmarks/zoo_verification.py); the default of --models.
-DEFAULT_MODELS = ("dlib_resnet", "faceres", "faceres_deep", "mobileface")
-
-
-@dataclasses.dataclass(frozen=True)
-class JobConfig:
-    models: tuple[str, ...] = DEFAULT_MODELS
-    data_dir: str | None = None  # one folder per person
-    manifest: str | None = None  # CSV: path, person, attributes...
-    aligned: bool = False  # inputs are pre-aligned face chips (skip the detector)
-    output_dir: Path = Path("runs/default")
-    target: str = "identity"
-    weightings: tuple[str, ...] = core.WEIGHTINGS
-    taps: tuple[str, ...] = ()  # empty: every tap; else tap names or model/tap
-    group_by: tuple[str, ...] = ()  # manifest columns to break statistics down by (empty: low-cardinality ones)
-    top_percents: tuple[float, ...] = (1.0, 5.0, 10.0)
-    occlusion_fills: tuple[str, ...] = (stats.DEFAULT_FILL,)
-    occlusion_percents: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0)
-    random_seeds: int = 3
-    transfer_percent: float = 1.0
-    batch_size: int = 32
-    shard_size: int = 64
-    max_people: int = 0
-    max_images_per_person: int = 0
-    resume: bool = False
-    seed: int = 0
-    loader_threads: int = 0  # 0: one per CPU core
-    prefetch: int = 1
-    report: bool = True
-    # Multi-host (jax.distributed): each process takes every num_processes-th shard.
-    coordinator_address: str | None = None
-    num_processes: int = 1
-    process_index: int = 0
-    wait_timeout_s: float = 24 * 3600.0
-    stop_after_shards: int | None = None  # tests: stop as a crash would
 
 
 def select_taps(model_taps: dict[str, tuple[str, ...]], wanted: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
@@ -72,11 +37,9 @@ def select_taps(model_taps: dict[str, tuple[str, ...]], wanted: tuple[str, ...])
     return out
 
 
-def _sources(config: JobConfig) -> tuple[list[inputs.Source], str, bool]:
+def _sources(config: StudyConfig) -> tuple[list[inputs.Source], str, bool]:
     """(sources, a description, all_faces)."""
     caps = dict(max_people=config.max_people, max_images_per_person=config.max_images_per_person)
-    if config.data_dir and config.manifest:
-        raise ValueError("give --data_dir or --manifest, not both")
     if config.manifest:
         return inputs.from_manifest(config.manifest, **caps), f"manifest {config.manifest}", False
     if config.data_dir:
@@ -85,77 +48,86 @@ def _sources(config: JobConfig) -> tuple[list[inputs.Source], str, bool]:
     return inputs.builtin_samples(), "built-in sample photos (every face its own id)", True
 
 
-def run(config: JobConfig, log: Callable[[str], None] = print) -> dict:
-    t0 = time.perf_counter()
-    if config.target not in ("identity", "self"):
-        raise ValueError(f"--target must be identity or self for a sweep (pair/contrast: use the API), "
-                         f"got {config.target!r}")
-    for w in config.weightings:
-        if w not in core.WEIGHTINGS:
-            raise ValueError(f"unknown weighting {w!r}; choose from {core.WEIGHTINGS}")
-    for f in config.occlusion_fills:
-        if f not in stats.FILLS:
-            raise ValueError(f"unknown occlusion fill {f!r}; choose from {stats.FILLS}")
+def _check_models(config: StudyConfig) -> dict[str, models.ModelSpec]:
     for m in config.models:
         if m not in models.REGISTRY:
             raise ValueError(f"unknown model {m!r}; known: {sorted(models.REGISTRY)}")
-    if config.coordinator_address:
-        jax.distributed.initialize(config.coordinator_address, config.num_processes, config.process_index)
-    sources, described, all_faces = _sources(config)
     specs = {m: models.REGISTRY[m] for m in config.models}
-    taps = select_taps({m: s.taps for m, s in specs.items()}, tuple(config.taps))
-    mesh = core.batch_mesh()
-    if config.batch_size % mesh.devices.size:
-        raise ValueError(f"--batch_size {config.batch_size} must be a multiple of the {mesh.devices.size} devices")
-    compute_cfg = ComputeConfig(
-        weightings=tuple(config.weightings), target=config.target, top_percents=tuple(config.top_percents),
-        occlusion_percents=tuple(config.occlusion_percents), occlusion_fills=tuple(config.occlusion_fills),
-        random_seeds=config.random_seeds, transfer_percent=config.transfer_percent, batch_size=config.batch_size,
-        seed=config.seed)
+    for s in specs.values():
+        if s.template not in TEMPLATES:
+            raise ValueError(f"model template {s.template!r} unknown to the face pipeline")
+    return specs
+
+
+def _settings(config: StudyConfig, specs, taps, all_faces: bool, described: str) -> dict:
+    """What run.json records and a resume must match (tuples as lists, as JSON stores them)."""
     settings = {
-        **{k: v for k, v in dataclasses.asdict(compute_cfg).items()},
+        **dataclasses.asdict(config.compute()),
         "models": list(config.models), "taps": {m: list(t) for m, t in taps.items()},
         "templates": {m: s.template for m, s in specs.items()}, "aligned": config.aligned,
         "all_faces": all_faces, "shard_size": config.shard_size, "inputs": described,
         "group_by": list(config.group_by),
     }
-    settings = json.loads(json.dumps(settings))  # tuples -> lists, as run.json stores them
-    shards = sweep.plan_shards(sources, config.shard_size)
-    out = Path(config.output_dir)
-    store = sweep.ShardStore(out, process_index=config.process_index)
-    store.open(sweep.fingerprint(settings, shards), resume=config.resume, shared=config.num_processes > 1)
-    log(f"leam_jax: {len(sources)} images ({described}) in {len(shards)} shards; models {list(config.models)}; "
-        f"weightings {list(config.weightings)}; {mesh.devices.size} device(s)")
+    return json.loads(json.dumps(settings))
 
-    workers = [ModelWorker(models.load(m), template=specs[m].template, taps=taps[m], config=compute_cfg, mesh=mesh)
+
+def _sweep(config: StudyConfig, specs, taps, shards, store, all_faces: bool, mesh) -> int:
+    """Compute this process's missing shards; returns how many."""
+    compute_cfg = config.compute()
+    workers = [ModelWorker(_load(m), template=specs[m].template, taps=taps[m], config=compute_cfg, mesh=mesh)
                for m in config.models]
     from leam_jax.face.pipeline import FacePipeline  # loads the detector and mesh weights
 
     loader = Loader(FacePipeline(all_faces=all_faces), sorted({s.template for s in specs.values()}),
                     aligned=config.aligned, all_faces=all_faces, threads=config.loader_threads,
                     prefetch=config.prefetch)
-    for t in {s.template for s in specs.values()}:
-        if t not in TEMPLATES:
-            raise ValueError(f"model template {t!r} unknown to the face pipeline")
     try:
-        computed = sweep.run_shards(
+        return sweep.run_shards(
             shards, store, loader.iterate, lambda faces, key: compute_shard(workers, faces, key, compute_cfg),
             process_index=config.process_index, num_processes=config.num_processes,
             progress=sweep.Progress(sum(len(s) for s in shards)), stop_after=config.stop_after_shards)
     finally:
         loader.close()
+
+
+def _load(name: str):
+    return weights.load(name)
+
+
+def run(config: StudyConfig, log: Callable[[str], None] = print) -> dict:
+    """Run (or resume) the study of ``config``; returns the summary (``summary.json``)."""
+    t0 = time.perf_counter()
+    config.validate()
+    specs = _check_models(config)
+    if config.coordinator_address:
+        jax.distributed.initialize(config.coordinator_address, config.num_processes, config.process_index)
+    mesh = core.batch_mesh()
+    if config.batch_size % mesh.devices.size:
+        raise ValueError(f"--batch_size {config.batch_size} must be a multiple of the {mesh.devices.size} devices")
+    sources, described, all_faces = _sources(config)
+    taps = select_taps({m: s.taps for m, s in specs.items()}, tuple(config.taps))
+    settings = _settings(config, specs, taps, all_faces, described)
+    shards = sweep.plan_shards(sources, config.shard_size)
+    out = Path(config.output_dir)
+    store = sweep.ShardStore(out, process_index=config.process_index)
+    store.open(sweep.fingerprint(settings, shards), resume=config.resume, shared=config.num_processes > 1)
+    log(f"leam_jax: {len(sources)} images ({described}) in {len(shards)} shards; models {list(config.models)}; "
+        f"weightings {list(config.weightings)}; {mesh.devices.size} device(s)")
+    computed = _sweep(config, specs, taps, shards, store, all_faces, mesh)
     summary = {"config": settings, "output_dir": str(out.resolve()), "images": len(sources),
                "shards": len(shards), "computed_shards_this_run": computed, "models": list(config.models),
                "weightings": list(config.weightings)}
     if config.stop_after_shards is not None and len(store.done()) < len(shards):
-        summary["stopped"] = True
-        return summary
+        return {**summary, "stopped": True}
     if config.process_index != 0:
-        summary["report"] = f"process {config.process_index}: shards done; process 0 writes the tables"
-        return summary
-    sweep.wait_for_all(store, len(shards), timeout_s=config.wait_timeout_s)
-    counts = tables.write_tables(out, [store.load(i) for i in range(len(shards))], settings)
-    summary.update(counts)
+        return {**summary, "report": f"process {config.process_index}: shards done; process 0 writes the tables"}
+    return _finish(config, out, store, len(shards), settings, summary, t0)
+
+
+def _finish(config: StudyConfig, out: Path, store, n_shards: int, settings: dict, summary: dict, t0: float) -> dict:
+    """Process 0: wait for every shard, then tables, summary.json and the report."""
+    sweep.wait_for_all(store, n_shards, timeout_s=config.wait_timeout_s)
+    summary.update(tables.write_tables(out, [store.load(i) for i in range(n_shards)], settings))
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     _write_json(out / "summary.json", summary)
     report_path = None

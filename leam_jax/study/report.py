@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from absl import app
 
+from leam_jax.face import regions
 from leam_jax.study import figures
 from leam_jax.study.figures import NoData, number
 
@@ -38,7 +39,7 @@ PAPER_DCOS_LEAM_1 = 0.1148
 PAPER_DCOS_RANDOM_1 = 0.0286
 
 MAX_ROWS = 60  # longer tables are truncated in the page (the CSV has everything)
-NOSE_CLASSES = ("nose", "nose_bridge", "nose_tip")
+NOSE_CLASSES = regions.REGION_GROUPS["nose_all"]
 
 # File name, caption: in page order.
 FIGURES = (

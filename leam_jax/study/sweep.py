@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from leam_jax.study import schema
 from leam_jax.study.inputs import Source
 
 SHARD_DIR = "shards"
@@ -203,13 +204,13 @@ def run_shards(
 def _meta_arrays(loaded) -> dict[str, np.ndarray]:
     faces = loaded.faces
     return {
-        "meta/path": np.array([f.source.path for f in faces], dtype=str),
-        "meta/person": np.array([f.person for f in faces], dtype=str),
-        "meta/face_index": np.array([f.face_index for f in faces], np.int32),
-        "meta/attrs": np.array([json.dumps(list(f.source.attrs)) for f in faces], dtype=str),
-        "meta/labels": (np.stack([f.labels for f in faces]) if faces else np.zeros((0, 1, 1), np.uint8)),
-        "fail/path": np.array([p for p, _ in loaded.failures], dtype=str),
-        "fail/reason": np.array([r for _, r in loaded.failures], dtype=str),
+        schema.meta("path"): np.array([f.source.path for f in faces], dtype=str),
+        schema.meta("person"): np.array([f.person for f in faces], dtype=str),
+        schema.meta("face_index"): np.array([f.face_index for f in faces], np.int32),
+        schema.meta("attrs"): np.array([json.dumps(list(f.source.attrs)) for f in faces], dtype=str),
+        schema.meta("labels"): (np.stack([f.labels for f in faces]) if faces else np.zeros((0, 1, 1), np.uint8)),
+        schema.failure("path"): np.array([p for p, _ in loaded.failures], dtype=str),
+        schema.failure("reason"): np.array([r for _, r in loaded.failures], dtype=str),
     }
 
 

@@ -1,7 +1,11 @@
 """Finalise a sweep: shard files -> tables (CSV), mean maps and summary.json.
 
-Runs in numpy over the stored shards, in shard order, with seeded resampling,
-so the same shards always give byte-identical tables. Column meanings are in
+Every number is computed by the same tested functions the API exposes
+(:mod:`leam_jax.stats`, :mod:`leam_jax.core`): BC matrices, same/different
+means, layer diversity, model agreement, verification AUC and TAR. Numpy
+stays for what it is the right tool for: seeded bootstrap and permutation
+loops over those precomputed values, aggregation over rows, and CSV writing.
+The same shards always give byte-identical tables. Column meanings are in
 BUILD.md ("Study outputs").
 """
 
@@ -15,27 +19,24 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 
-from leam_jax import verification
+from leam_jax import batching, core, stats
 from leam_jax.face import regions
+from leam_jax.study import schema
 
 N_BOOTSTRAP = 1000
 N_PERMUTATIONS = 1000
 MAX_BC_FACES = 4000  # all-pairs BC above this many faces uses a seeded subset of people
 MAX_GROUP_VALUES = 20  # attribute columns with more distinct values are not grouped by default
 MAX_PAIR_ROWS = 2000  # per kind, in bc_pairs.csv (histograms)
+CHUNK = 256  # faces per compiled call of the per-face statistics (fixed shape, bounded memory)
 CLASSES = regions.CLASSES
 _C = {c: i for i, c in enumerate(CLASSES)}
-# Derived regions (sums of classes) reported next to the classes themselves.
-DERIVED = {
-    "nose_all": ("nose", "nose_bridge", "nose_tip"),
-    "eyes": ("l_eye", "r_eye"),
-    "brows": ("l_brow", "r_brow"),
-    "eyes_brows_nose": ("l_eye", "r_eye", "l_brow", "r_brow", "nose", "nose_bridge", "nose_tip"),
-    "face": tuple(c for c in CLASSES if c != "background"),
-}
-REGIONS = {**{c: (c,) for c in CLASSES if c != "background"}, **DERIVED}
+# Every class but background, then the groups of classes (nose_all, eyes_brows_nose, ...).
+REGIONS = {**{c: (c,) for c in CLASSES if c != "background"}, **regions.REGION_GROUPS}
+METHODS = ("leam", "input_gradient", "last_layer", "random")
 
 
 @dataclasses.dataclass
@@ -57,25 +58,65 @@ def collect(shard_arrays: Sequence[dict[str, np.ndarray]]) -> Collected:
     sums: dict[str, np.ndarray] = {}
     failures, attrs, hist = [], [], None
     for arrays in shard_arrays:
-        failures += list(zip(arrays["fail/path"].tolist(), arrays["fail/reason"].tolist()))
-        if len(arrays["meta/path"]) == 0:
+        failures += list(zip(arrays[schema.failure("path")].tolist(), arrays[schema.failure("reason")].tolist()))
+        if len(arrays[schema.meta("path")]) == 0:
             continue
-        attrs += [dict(json.loads(a)) for a in arrays["meta/attrs"].tolist()]
-        labels = arrays["meta/labels"]
+        attrs += [dict(json.loads(a)) for a in arrays[schema.meta("attrs")].tolist()]
+        labels = arrays[schema.meta("labels")]
         h = np.stack([(labels == c).sum(0) for c in range(len(CLASSES))]).astype(np.int64)
         hist = h if hist is None else hist + h
         for k, v in arrays.items():
-            if k.startswith(("fail/", "meta/attrs", "meta/labels")):
+            key = schema.parse(k)
+            if key.kind == "fail" or k in (schema.meta("attrs"), schema.meta("labels")):
                 continue
-            if k.startswith(("overall_sum/", "layers_sum/")):
+            if key.summed:
                 sums[k] = sums[k] + v.astype(np.float64) if k in sums else v.astype(np.float64)
             else:
                 per_face.setdefault(k, []).append(v)
     cat = {k: np.concatenate(v) for k, v in per_face.items()}
     empty = np.array([], dtype=str)
-    return Collected(cat.pop("meta/path", empty), cat.pop("meta/person", empty),
-                     cat.pop("meta/face_index", np.zeros(0, np.int32)), attrs,
+    return Collected(cat.pop(schema.meta("path"), empty), cat.pop(schema.meta("person"), empty),
+                     cat.pop(schema.meta("face_index"), np.zeros(0, np.int32)), attrs,
                      hist if hist is not None else np.zeros((len(CLASSES), 1, 1), np.int64), cat, sums, failures)
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """What the tables need from a run's settings (``run.json``)."""
+
+    models: tuple[str, ...]
+    weightings: tuple[str, ...]
+    top_percents: tuple[float, ...]
+    occlusion_percents: tuple[float, ...]
+    fills: tuple[str, ...]
+    taps: dict[str, list[str]]
+    seed: int
+    transfer_percent: float
+    group_by: tuple[str, ...] = ()
+
+    @classmethod
+    def from_settings(cls, s: dict) -> Study:
+        return cls(tuple(s["models"]), tuple(s["weightings"]), tuple(float(p) for p in s["top_percents"]),
+                   tuple(float(p) for p in s["occlusion_percents"]), tuple(s["occlusion_fills"]), s["taps"],
+                   int(s["seed"]), float(s["transfer_percent"]), tuple(s.get("group_by") or ()))
+
+    @property
+    def fill0(self) -> str:
+        """The fill of the transfer matrix and the headline."""
+        return (self.fills or ("",))[0]
+
+    @property
+    def headline_top(self) -> float:
+        return 1.0 if 1.0 in self.top_percents else self.top_percents[0]
+
+    @property
+    def headline_occlusion(self) -> float:
+        return 1.0 if 1.0 in self.occlusion_percents else (self.occlusion_percents or (0.0,))[0]
+
+    def pairs(self, col: Collected):
+        """(model, weighting) pairs with results, in table order."""
+        return [(m, w) for m in self.models for w in self.weightings
+                if schema.per_map("share", m, w) in col.arrays]
 
 
 # -- small statistics -------------------------------------------------------------------
@@ -109,57 +150,55 @@ def mean_ci(values: np.ndarray, seed: int) -> tuple[float, float, float]:
     return float(v.mean()), float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
 
 
-def _bc_matrix(maps: np.ndarray) -> np.ndarray:
-    roots = np.sqrt(np.maximum(maps.reshape(len(maps), -1).astype(np.float64), 0))
-    return roots @ roots.T
+def normalised(maps: np.ndarray) -> np.ndarray:
+    """Stored (float16, pooled) maps renormalised to sum 1 (``core.normalize_maps``), float32."""
+    return np.asarray(core.normalize_maps(jnp.asarray(maps, jnp.float32))[0])
 
 
-def _normalise(maps: np.ndarray) -> np.ndarray:
-    m = maps.astype(np.float64)
-    s = m.reshape(len(m), -1).sum(1)
-    return m / np.where(s > 0, s, 1.0).reshape(-1, *([1] * (m.ndim - 1)))
+def dense_ids(persons: np.ndarray) -> np.ndarray:
+    return np.unique(persons, return_inverse=True)[1].reshape(-1).astype(np.int32)
 
 
-def bc_same_diff(maps: np.ndarray, persons: np.ndarray, seed: int) -> dict:
-    """Mean BC over same-person and different-person pairs i < j, and a one-sided
-    permutation p-value (person labels shuffled) for same > different."""
-    n = len(maps)
-    out = {"bc_same_mean": float("nan"), "bc_diff_mean": float("nan"), "n_same": 0, "n_diff": 0, "p_value": None}
-    if n < 2:
-        return out
-    bc = _bc_matrix(maps)
+def permutation_p(values: np.ndarray, ids: np.ndarray, seed: int) -> float | None:
+    """One-sided permutation p-value (person labels shuffled) that same-person pairs i < j of a
+    pairwise matrix exceed different-person pairs on average; None without both kinds."""
+    n = len(ids)
     iu = np.triu_indices(n, 1)
-    ids = np.unique(persons, return_inverse=True)[1].reshape(-1)
+    vals = values[iu].astype(np.float64)
     same = ids[iu[0]] == ids[iu[1]]
-    vals = bc[iu]
     n_same, n_diff = int(same.sum()), int((~same).sum())
-    total = vals.sum()
-    s_sum = vals[same].sum()
-    out.update(n_same=n_same, n_diff=n_diff)
-    if n_same:
-        out["bc_same_mean"] = float(s_sum / n_same)
-    if n_diff:
-        out["bc_diff_mean"] = float((total - s_sum) / n_diff)
-    if n_same and n_diff:
-        a, b = iu[0][same], iu[1][same]
-        rng = np.random.default_rng(seed)
-        observed = s_sum / n_same - (total - s_sum) / n_diff
-        hits = 0
-        for _ in range(N_PERMUTATIONS):
-            inv = rng.permutation(n)  # relabel: face k takes the label of face inv[k]
-            ps = bc[inv[a], inv[b]].sum()
-            hits += (ps / n_same - (total - ps) / n_diff) >= observed - 1e-15
-        out["p_value"] = (1 + hits) / (1 + N_PERMUTATIONS)
-    return out
+    if not (n_same and n_diff):
+        return None
+    a, b = iu[0][same], iu[1][same]
+    total, s_sum = vals.sum(), vals[same].sum()
+    observed = s_sum / n_same - (total - s_sum) / n_diff
+    rng, hits = np.random.default_rng(seed), 0
+    for _ in range(N_PERMUTATIONS):
+        inv = rng.permutation(n)  # relabel: face k takes the label of face inv[k]
+        ps = values[inv[a], inv[b]].astype(np.float64).sum()
+        hits += (ps / n_same - (total - ps) / n_diff) >= observed - 1e-15
+    return (1 + hits) / (1 + N_PERMUTATIONS)
 
 
-def pair_sample(maps: np.ndarray, persons: np.ndarray, seed: int) -> list[tuple[str, float]]:
-    n = len(maps)
+def bc_summary(bc: np.ndarray, persons: np.ndarray, seed: int) -> dict:
+    """Same- vs different-person means of a BC matrix (``stats.same_different``), pair counts and
+    the permutation p-value."""
+    out = {"bc_same_mean": float("nan"), "bc_diff_mean": float("nan"), "n_same": 0, "n_diff": 0, "p_value": None}
+    if len(persons) < 2:
+        return out
+    ids = dense_ids(persons)
+    s = stats.same_different(jnp.asarray(bc), jnp.asarray(ids))
+    return {"bc_same_mean": float(s.mean_same), "bc_diff_mean": float(s.mean_diff), "n_same": int(s.n_same),
+            "n_diff": int(s.n_diff), "p_value": permutation_p(bc, ids, seed)}
+
+
+def pair_sample(bc: np.ndarray, persons: np.ndarray, seed: int) -> list[tuple[str, float]]:
+    """Up to ``MAX_PAIR_ROWS`` seeded same- and different-person pair values (histograms)."""
+    n = len(persons)
     if n < 2:
         return []
-    bc = _bc_matrix(maps)
     iu = np.triu_indices(n, 1)
-    ids = np.unique(persons, return_inverse=True)[1].reshape(-1)
+    ids = dense_ids(persons)
     same = ids[iu[0]] == ids[iu[1]]
     rng = np.random.default_rng(seed)
     rows = []
@@ -198,7 +237,211 @@ def group_columns(attrs: list[dict[str, str]], names: list[str], wanted: Sequenc
     return [k for k in names if len({a.get(k, "") for a in attrs}) <= MAX_GROUP_VALUES]
 
 
-# -- the tables -------------------------------------------------------------------------------
+def attribute_names(col: Collected) -> list[str]:
+    names: list[str] = []
+    for a in col.attrs:
+        names += [k for k in a if k not in names]
+    return names
+
+
+def groups(col: Collected, study: Study) -> list[tuple[str, np.ndarray]]:
+    """("all", every face) and one (``column=value``, rows) per value of each grouped column."""
+    out: list[tuple[str, np.ndarray]] = [("all", np.arange(len(col.path)))]
+    for k in group_columns(col.attrs, attribute_names(col), study.group_by):
+        values = np.array([a.get(k, "") for a in col.attrs])
+        for v in sorted(set(values.tolist())):
+            out.append((f"{k}={v}", np.flatnonzero(values == v)))
+    return out
+
+
+# -- the tables, one function each --------------------------------------------------------
+
+
+def region_rows(col: Collected, study: Study, grouped) -> list[list]:
+    """region_shares.csv: share of each map's top-p% pixels per region (bootstrap CI), map mass,
+    area share and enrichment = mean share / mean area share."""
+    area, rows_out = col.arrays.get(schema.AREA), []
+    for m, w in study.pairs(col):
+        share, mass = col.arrays[schema.per_map("share", m, w)], col.arrays[schema.per_map("mass", m, w)]
+        for g, rows in grouped:
+            for pi, p in enumerate(study.top_percents):
+                for region, members in REGIONS.items():
+                    ci = [_C[c] for c in members]
+                    sm, lo, hi = mean_ci(share[rows][:, pi, ci].sum(1), study.seed)
+                    a_mean = float(area[rows][:, ci].sum(1).mean()) if len(rows) else float("nan")
+                    mass_mean = float(mass[rows][:, ci].sum(1).mean()) if len(rows) else float("nan")
+                    rows_out.append([m, w, g, p, region, sm, lo, hi, mass_mean, a_mean,
+                                     sm / a_mean if a_mean > 0 else float("nan"), len(rows)])
+    return rows_out
+
+
+def bc_rows(col: Collected, study: Study, grouped) -> tuple[list[list], list[list]]:
+    """bc.csv (overall maps per group, layer maps for all faces) and bc_pairs.csv (a sample)."""
+    subset = _subset_for_bc(col.person, study.seed) if len(col.path) else np.zeros(0, int)
+    out, pairs = [], []
+    for m, w in study.pairs(col):
+        valid = subset[~col.arrays[schema.per_map("overall_flags", m, w)][subset]]
+        bc = np.asarray(stats.bc_matrix(jnp.asarray(normalised(col.arrays[schema.per_map("overall", m, w)][valid]))))
+        for g, rows in grouped:
+            pos = np.flatnonzero(np.isin(valid, rows))
+            r = bc_summary(bc[np.ix_(pos, pos)], col.person[valid[pos]], study.seed)
+            out.append([m, w, "overall", g, r["bc_same_mean"], r["bc_diff_mean"], r["n_same"], r["n_diff"],
+                        r["p_value"]])
+            if g == "all":
+                pairs += [[m, w, kind, v] for kind, v in pair_sample(bc, col.person[valid], study.seed)]
+        layers = col.arrays[schema.per_map("layers", m, w)]
+        for li, tap in enumerate(study.taps[m]):
+            lv = subset[~col.arrays[schema.per_map("flags", m, w)][subset, li]]
+            bc_l = np.asarray(stats.bc_matrix(jnp.asarray(normalised(layers[lv, li]))))
+            r = bc_summary(bc_l, col.person[lv], study.seed)
+            out.append([m, w, tap, "all", r["bc_same_mean"], r["bc_diff_mean"], r["n_same"], r["n_diff"],
+                        r["p_value"]])
+    return out, pairs
+
+
+def layer_diversity_rows(col: Collected, study: Study) -> list[list]:
+    """layer_diversity.csv: BC between layer maps of one face (``stats.layer_diversity``), mean over faces."""
+    out = []
+    for m, w in study.pairs(col):
+        layers = normalised(col.arrays[schema.per_map("layers", m, w)])
+        if not len(layers):
+            continue
+        div = batching.batched(lambda x: stats.layer_diversity(x)[0], layers, min(CHUNK, len(layers)))
+        mean = div.astype(np.float64).mean(0)
+        taps = study.taps[m]
+        out += [[m, w, ta, tb, mean[a, b]] for a, ta in enumerate(taps) for b, tb in enumerate(taps)]
+    return out
+
+
+def model_agreement_rows(col: Collected, study: Study) -> list[list]:
+    """model_agreement.csv: BC between two models' overall maps of the same face (``stats.model_agreement``)."""
+    out, n = [], len(col.path)
+    for w in study.weightings:
+        for i, a in enumerate(study.models):
+            for b in study.models[i + 1:]:
+                ka, kb = schema.per_map("overall", a, w), schema.per_map("overall", b, w)
+                if ka in col.arrays and kb in col.arrays and n:
+                    both = np.stack([normalised(col.arrays[ka]), normalised(col.arrays[kb])], axis=1)
+                    bc = batching.batched(lambda x: stats.model_agreement(x[:, 0], x[:, 1]), both, min(CHUNK, n))
+                    out.append([w, a, b, float(bc.astype(np.float64).mean()), n])
+    return out
+
+
+def occlusion_rows(col: Collected, study: Study, grouped) -> list[list]:
+    """occlusion.csv: mean Δcos (bootstrap CI) of LEAM's, the baselines' and random top-p% pixels."""
+    out = []
+    for m, w in study.pairs(col):
+        for g, rows in grouped:
+            for fill in study.fills:
+                for p in study.occlusion_percents:
+                    for method in METHODS:
+                        arr = col.arrays.get(schema.occlusion(m, w if method == "leam" else method, fill, p))
+                        if arr is not None:
+                            out.append([m, w, g, fill, p, method, *mean_ci(arr[rows], study.seed), len(rows)])
+    return out
+
+
+def transfer_rows(col: Collected, study: Study) -> list[list]:
+    """transfer.csv: Δcos on the target model of the source model's top pixels."""
+    out, n = [], len(col.path)
+    for m in study.models:
+        for w in study.weightings:
+            for dst in study.models:
+                arr = col.arrays.get(schema.transfer(w, m, dst))
+                if arr is not None:
+                    out.append([w, study.fill0, study.transfer_percent, m, dst,
+                                float(np.mean(arr)) if n else float("nan"), n])
+    return out
+
+
+def verification_rows(col: Collected, study: Study) -> list[list]:
+    """verification.csv: AUC and TAR at FAR 1% of cosine scores over all pairs (``stats``)."""
+    out = []
+    for m in study.models:
+        emb = col.arrays.get(schema.per_model("emb", m))
+        if emb is None or len(emb) < 2:
+            continue
+        scores, same = stats.pair_scores(jnp.asarray(emb), jnp.asarray(dense_ids(col.person)))
+        n_same = int(jnp.sum(same))
+        auc = float(stats.roc_auc(scores, same)) if n_same else float("nan")
+        tar = float(stats.tar_at_far(scores, same, 0.01)) if n_same else float("nan")
+        out.append([m, auc, tar, n_same, int(same.shape[0]) - n_same])
+    return out
+
+
+def headline_rows(study: Study, regions_out: list[list], bc_out: list[list], occ_out: list[list]) -> list[list]:
+    """headline.csv: the paper's three findings per model and weighting, taken from the rows of the
+    other tables (group "all"): BC same vs different, the critical region's share of the top pixels
+    at 1% against its area share, and Δcos of LEAM's top 1% against random."""
+    def find(rows, match: dict[int, object]):
+        """The first row whose columns (by index) hold the given values."""
+        hit = [r for r in rows if all(r[i] == v for i, v in match.items())]
+        return hit[0] if hit else None
+
+    out = []
+    for m, w in dict.fromkeys((r[0], r[1]) for r in regions_out):
+        bc = find(bc_out, {0: m, 1: w, 2: "overall", 3: "all"})
+        crit = find(regions_out, {0: m, 1: w, 2: "all", 3: study.headline_top, 4: regions.CRITICAL_REGION})
+        occ = {meth: find(occ_out, {0: m, 1: w, 2: "all", 3: study.fill0, 4: study.headline_occlusion, 5: meth})
+               for meth in ("leam", "random")}
+        dl, dr = (occ[k][6] if occ[k] is not None else float("nan") for k in ("leam", "random"))
+        out.append([m, w, bc[4], bc[5], bc[8], crit[5], crit[9], dl, dr, dl / dr if dr > 0 else float("nan")])
+    return out
+
+
+def mean_maps(col: Collected, study: Study) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The mean overall map (frame) and mean layer maps per model/weighting, from the shard sums."""
+    overall, layers = {}, {}
+    if not len(col.path):
+        return overall, layers
+    for m, w in study.pairs(col):
+        key = f"{m}/{w}"
+        s = col.sums[schema.per_map("overall_sum", m, w)]
+        overall[key] = (s / max(s.sum(), 1e-30)).astype(np.float32)
+        ls = col.sums[schema.per_map("layers_sum", m, w)]
+        layers[key] = (ls / np.maximum(ls.sum(axis=(1, 2), keepdims=True), 1e-30)).astype(np.float32)
+    return overall, layers
+
+
+HEADERS = {
+    "region_shares": ["model", "weighting", "group", "top_percent", "region", "share_mean", "share_ci_low",
+                      "share_ci_high", "mass_mean", "area_share_mean", "enrichment_mean", "n_images"],
+    "bc": ["model", "weighting", "layer", "group", "bc_same_mean", "bc_diff_mean", "n_same", "n_diff", "p_value"],
+    "bc_pairs": ["model", "weighting", "kind", "bc"],
+    "layer_diversity": ["model", "weighting", "layer_a", "layer_b", "bc_mean"],
+    "model_agreement": ["weighting", "model_a", "model_b", "bc_mean", "n"],
+    "occlusion": ["model", "weighting", "group", "fill", "percent", "method", "dcos_mean", "dcos_ci_low",
+                  "dcos_ci_high", "n"],
+    "transfer": ["weighting", "fill", "percent", "source_model", "target_model", "dcos_mean", "n"],
+    "headline": ["model", "weighting", "bc_same", "bc_diff", "bc_p_value", "critical_share", "critical_area_share",
+                 "dcos_leam_1", "dcos_random_1", "leam_over_random_1"],
+    "verification": ["model", "auc", "tar_at_far_1pct", "n_same", "n_diff"],
+}
+
+
+def compute_tables(col: Collected, study: Study) -> dict[str, list[list]]:
+    """Every table's rows (table name -> rows in ``HEADERS`` order)."""
+    grouped = groups(col, study)
+    out = {"region_shares": region_rows(col, study, grouped)}
+    out["bc"], out["bc_pairs"] = bc_rows(col, study, grouped)
+    out["layer_diversity"] = layer_diversity_rows(col, study)
+    out["model_agreement"] = model_agreement_rows(col, study)
+    out["occlusion"] = occlusion_rows(col, study, grouped)
+    out["transfer"] = transfer_rows(col, study)
+    out["headline"] = headline_rows(study, out["region_shares"], out["bc"], out["occlusion"])
+    out["verification"] = verification_rows(col, study)
+    return out
+
+
+def _write_inputs(out_dir: Path, col: Collected) -> None:
+    with open(out_dir / "failures.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["path", "reason"])
+        w.writerows(col.failures)
+    names = attribute_names(col)
+    write_csv(out_dir / "tables" / "images.csv", ["image_id", "path", "person", "face_index", *names],
+              [[i, col.path[i], col.person[i], int(col.face_index[i]), *[col.attrs[i].get(k, "") for k in names]]
+               for i in range(len(col.path))])
 
 
 def write_tables(out_dir: Path, shard_arrays: Sequence[dict[str, np.ndarray]], settings: dict) -> dict:
@@ -206,153 +449,18 @@ def write_tables(out_dir: Path, shard_arrays: Sequence[dict[str, np.ndarray]], s
     out_dir = Path(out_dir)
     (out_dir / "tables").mkdir(parents=True, exist_ok=True)
     (out_dir / "maps").mkdir(parents=True, exist_ok=True)
-    col = collect(shard_arrays)
-    seed = int(settings["seed"])
-    models = list(settings["models"])
-    weightings = list(settings["weightings"])
-    top_percents = [float(p) for p in settings["top_percents"]]
-    occ_percents = [float(p) for p in settings["occlusion_percents"]]
-    fills = list(settings["occlusion_fills"])
-    fill0 = (fills or [""])[0]  # the fill of the transfer matrix and the headline
-    taps = settings["taps"]
-    n = len(col.path)
-    t = out_dir / "tables"
-
-    with open(out_dir / "failures.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(["path", "reason"])
-        w.writerows(col.failures)
-
-    attr_names: list[str] = []
-    for a in col.attrs:
-        attr_names += [k for k in a if k not in attr_names]
-    write_csv(t / "images.csv", ["image_id", "path", "person", "face_index", *attr_names],
-              [[i, col.path[i], col.person[i], int(col.face_index[i]), *[col.attrs[i].get(k, "") for k in attr_names]]
-               for i in range(n)])
-    groups: list[tuple[str, np.ndarray]] = [("all", np.arange(n))]
-    for k in group_columns(col.attrs, attr_names, settings.get("group_by") or []):
-        values = np.array([a.get(k, "") for a in col.attrs])
-        for v in sorted(set(values.tolist())):
-            groups.append((f"{k}={v}", np.flatnonzero(values == v)))
-
-    region_rows, bc_rows, pair_rows, div_rows, occ_rows, agree_rows, transfer_rows = [], [], [], [], [], [], []
-    headline, mean_overall, mean_layers = [], {}, {}
-    area = col.arrays.get("area", np.zeros((0, len(CLASSES))))
-    bc_rows_idx = _subset_for_bc(col.person, seed) if n else np.zeros(0, int)
-    for m in models:
-        for w in weightings:
-            key = f"{m}/{w}"
-            if f"share/{key}" not in col.arrays:
-                continue
-            share, mass = col.arrays[f"share/{key}"], col.arrays[f"mass/{key}"]
-            for g, rows in groups:
-                for pi, p in enumerate(top_percents):
-                    for region, members in REGIONS.items():
-                        ci = [_C[c] for c in members]
-                        s = share[rows][:, pi, ci].sum(1)
-                        sm, lo, hi = mean_ci(s, seed)
-                        a_mean = float(area[rows][:, ci].sum(1).mean()) if len(rows) else float("nan")
-                        region_rows.append([m, w, g, p, region, sm, lo, hi, float(mass[rows][:, ci].sum(1).mean())
-                                            if len(rows) else float("nan"), a_mean,
-                                            sm / a_mean if a_mean > 0 else float("nan"), len(rows)])
-            overall = _normalise(col.arrays[f"overall/{key}"].astype(np.float32))
-            valid = ~col.arrays[f"overall_flags/{key}"]
-            for g, rows in groups:
-                rows = np.intersect1d(rows, bc_rows_idx)
-                rows = rows[valid[rows]]
-                r = bc_same_diff(overall[rows], col.person[rows], seed)
-                bc_rows.append([m, w, "overall", g, r["bc_same_mean"], r["bc_diff_mean"], r["n_same"], r["n_diff"],
-                                r["p_value"]])
-                if g == "all":
-                    head_bc = r
-                    pair_rows += [[m, w, kind, v] for kind, v in pair_sample(overall[rows], col.person[rows], seed)]
-            layers = _normalise(col.arrays[f"layers/{key}"].astype(np.float32))  # [N, L, s, s]
-            rows = bc_rows_idx
-            for li, tap in enumerate(taps[m]):
-                lv = rows[~col.arrays[f"flags/{key}"][rows, li]]
-                r = bc_same_diff(layers[lv, li], col.person[lv], seed)
-                bc_rows.append([m, w, tap, "all", r["bc_same_mean"], r["bc_diff_mean"], r["n_same"], r["n_diff"],
-                                r["p_value"]])
-            if n:
-                roots = np.sqrt(np.maximum(layers.reshape(n, len(taps[m]), -1), 0))
-                div = np.einsum("nlp,nkp->lk", roots, roots) / n
-                for a_i, ta in enumerate(taps[m]):
-                    for b_i, tb in enumerate(taps[m]):
-                        div_rows.append([m, w, ta, tb, div[a_i, b_i]])
-            for g, rows in groups:
-                for fill in fills:
-                    for p in occ_percents:
-                        for method in ("leam", "input_gradient", "last_layer", "random"):
-                            arr = col.arrays.get(f"occ/{m}/{w if method == 'leam' else method}/{fill}/{p:g}")
-                            if arr is None:
-                                continue
-                            mu, lo, hi = mean_ci(arr[rows], seed)
-                            occ_rows.append([m, w, g, fill, p, method, mu, lo, hi, len(rows)])
-            # Headline: the paper's three findings at 1% (or the nearest percent run).
-            p_top = 1.0 if 1.0 in top_percents else top_percents[0]
-            ci = [_C[c] for c in DERIVED["eyes_brows_nose"]]
-            crit = float(share[:, top_percents.index(p_top), ci].sum(1).mean()) if n else float("nan")
-            crit_area = float(area[:, ci].sum(1).mean()) if n else float("nan")
-            p_occ = 1.0 if 1.0 in occ_percents else (occ_percents or [0.0])[0]
-            leam = col.arrays.get(f"occ/{m}/{w}/{fill0}/{p_occ:g}")
-            rnd = col.arrays.get(f"occ/{m}/random/{fill0}/{p_occ:g}")
-            dl = float(np.mean(leam)) if leam is not None and n else float("nan")
-            dr = float(np.mean(rnd)) if rnd is not None and n else float("nan")
-            headline.append([m, w, head_bc["bc_same_mean"], head_bc["bc_diff_mean"], head_bc["p_value"], crit,
-                             crit_area, dl, dr, dl / dr if dr > 0 else float("nan")])
-            if n:
-                s = col.sums[f"overall_sum/{key}"]
-                mean_overall[key] = (s / max(s.sum(), 1e-30)).astype(np.float32)
-                ls = col.sums[f"layers_sum/{key}"]
-                mean_layers[key] = (ls / np.maximum(ls.sum(axis=(1, 2), keepdims=True), 1e-30)).astype(np.float32)
-        for w in weightings:
-            for dst in models:
-                arr = col.arrays.get(f"transfer/{w}/{m}/{dst}")
-                if arr is not None:
-                    transfer_rows.append([w, fill0, settings["transfer_percent"], m, dst,
-                                          float(np.mean(arr)) if n else float("nan"), n])
-    for w in weightings:
-        for i, a in enumerate(models):
-            for b in models[i + 1:]:
-                ka, kb = f"overall/{a}/{w}", f"overall/{b}/{w}"
-                if ka in col.arrays and kb in col.arrays and n:
-                    pa, pb = _normalise(col.arrays[ka]), _normalise(col.arrays[kb])
-                    bc = np.sqrt(np.maximum(pa * pb, 0)).reshape(n, -1).sum(1)
-                    agree_rows.append([w, a, b, float(bc.mean()), n])
-
-    write_csv(t / "region_shares.csv", ["model", "weighting", "group", "top_percent", "region", "share_mean",
-                                        "share_ci_low", "share_ci_high", "mass_mean", "area_share_mean",
-                                        "enrichment_mean", "n_images"], region_rows)
-    write_csv(t / "bc.csv", ["model", "weighting", "layer", "group", "bc_same_mean", "bc_diff_mean", "n_same",
-                             "n_diff", "p_value"], bc_rows)
-    write_csv(t / "bc_pairs.csv", ["model", "weighting", "kind", "bc"], pair_rows)
-    write_csv(t / "layer_diversity.csv", ["model", "weighting", "layer_a", "layer_b", "bc_mean"], div_rows)
-    write_csv(t / "model_agreement.csv", ["weighting", "model_a", "model_b", "bc_mean", "n"], agree_rows)
-    write_csv(t / "occlusion.csv", ["model", "weighting", "group", "fill", "percent", "method", "dcos_mean",
-                                    "dcos_ci_low", "dcos_ci_high", "n"], occ_rows)
-    write_csv(t / "transfer.csv", ["weighting", "fill", "percent", "source_model", "target_model", "dcos_mean", "n"],
-              transfer_rows)
-    write_csv(t / "headline.csv", ["model", "weighting", "bc_same", "bc_diff", "bc_p_value", "critical_share",
-                                   "critical_area_share", "dcos_leam_1", "dcos_random_1", "leam_over_random_1"],
-              headline)
-    ver_rows = []
-    for m in models:
-        emb = col.arrays.get(f"emb/{m}")
-        if emb is None or len(emb) < 2:
-            continue
-        scores, same = verification.pair_scores(emb, col.person)
-        ver_rows.append([m, verification.roc_auc(scores, same) if same.any() else float("nan"),
-                         verification.tar_at_far(scores, same, 0.01) if same.any() else float("nan"),
-                         int(same.sum()), int((~same).sum())])
-    write_csv(t / "verification.csv", ["model", "auc", "tar_at_far_1pct", "n_same", "n_diff"], ver_rows)
-
-    _save_npz(out_dir / "maps" / "mean_overall.npz", mean_overall)
+    col, study = collect(shard_arrays), Study.from_settings(settings)
+    _write_inputs(out_dir, col)
+    for name, rows in compute_tables(col, study).items():
+        write_csv(out_dir / "tables" / f"{name}.csv", HEADERS[name], rows)
+    overall, layers = mean_maps(col, study)
+    _save_npz(out_dir / "maps" / "mean_overall.npz", overall)
     _save_npz(out_dir / "maps" / "mean_layers.npz",
-              {**mean_layers, **{f"taps/{m}": np.array(taps[m], dtype=str) for m in models}})
+              {**layers, **{f"taps/{m}": np.array(study.taps[m], dtype=str) for m in study.models}})
     buf = io.BytesIO()
     np.save(buf, col.labels_hist.argmax(0).astype(np.int16))
     (out_dir / "maps" / "mean_labels.npy").write_bytes(buf.getvalue())
-    return {"faces": n, "people": len(set(col.person.tolist())), "failures": len(col.failures),
+    return {"faces": len(col.path), "people": len(set(col.person.tolist())), "failures": len(col.failures),
             "images_with_faces": len(set(col.path.tolist()))}
 
 
