@@ -1,4 +1,4 @@
-"""Reading inputs: bad files are rejected with the reason (the whole study: tests/test_study.py)."""
+"""Reading inputs: bad files are rejected with the reason (the whole study: tests/study/test_study.py)."""
 
 
 import numpy as np

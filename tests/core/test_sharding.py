@@ -9,8 +9,8 @@ from pathlib import Path
 
 def test_four_device_sharding_equals_single_device():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    root = Path(__file__).resolve().parents[1]
-    result = subprocess.run([sys.executable, "-m", "tests.sharding_check"], cwd=root, env=env,
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-m", "tests.references.sharding_check"], cwd=root, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])

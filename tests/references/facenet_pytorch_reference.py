@@ -1,4 +1,4 @@
-"""facenet-pytorch's own InceptionResnetV1, loaded from its PyPI wheel: the oracle of tests/test_facenet.py.
+"""facenet-pytorch's own InceptionResnetV1, loaded from its PyPI wheel: the oracle of tests/models/test_facenet.py.
 
 The wheel is fetched once with ``pip download`` into the source cache
 (``leam_jax.weights.packages.fetch_archive``, sha256-pinned below) and

@@ -1,9 +1,9 @@
 """MobileFaceNet (insightface ``mbf``) from ONNX: Flax vs ONNX Runtime and PyTorch autograd.
 
-The source network is ``tests/torch_mobilefacenet_reference.py`` (insightface's
+The source network is ``tests/references/torch_mobilefacenet_reference.py`` (insightface's
 module layout, written from the architecture description) with random
 weights, batch-norm running statistics and PReLU slopes (eval mode;
-``tests/torch_randomize.py``: statistics measured on the test inputs, so the
+``tests/references/torch_randomize.py``: statistics measured on the test inputs, so the
 embedding has a trained network's O(1) entries). It is
 exported with ``torch.onnx.export`` (opset 17, the TorchScript exporter,
 ``dynamo=False``: it folds conv + BN as the insightface exports are), converted
@@ -31,7 +31,7 @@ from leam_jax import core
 from leam_jax.models import contract, mobilefacenet
 from leam_jax.weights import checkpoint
 from tests.conftest import FACES
-from tests.torch_randomize import refilled
+from tests.references.torch_randomize import refilled
 
 torch = pytest.importorskip("torch", reason="PyTorch (builds the MobileFaceNet source network) not installed")
 onnx = pytest.importorskip("onnx", reason="onnx not installed")
@@ -85,7 +85,7 @@ class Source:
 
     def __init__(self, tmp, config: str = "mbf"):
         from tests import torch_mobilefacenet_reference as ref
-        from tests.torch_randomize import EmbGrad, randomize
+        from tests.references.torch_randomize import EmbGrad, randomize
 
         self.config = config
         self.images, self.what = _images()

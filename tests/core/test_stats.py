@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from leam_jax import stats
-from tests.test_core import np_normalize
+from tests.core.test_core import np_normalize
 
 RNG = np.random.default_rng(0)
 

@@ -1,6 +1,6 @@
 """Face-parsing BiSeNet: Flax vs PyTorch from a .pth state dict, strict loading, the analysis-frame hook.
 
-The source network is ``tests/torch_bisenet_reference.py`` (the standard
+The source network is ``tests/references/torch_bisenet_reference.py`` (the standard
 module names, so its ``state_dict()`` has the keys of ``79999_iter.pth``) with
 random weights and random batch-norm running statistics, in eval mode; its
 main head is balanced (``balance_head``) so the argmax varies across an image.

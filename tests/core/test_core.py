@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from leam_jax import core
-from tests.tiny_models import FRAMEWORKS, SIZE, nnx_model
+from tests.references.tiny_models import FRAMEWORKS, SIZE, nnx_model
 
 RNG = np.random.default_rng(0)
 IMAGES = jnp.asarray(RNG.uniform(0, 255, (6, SIZE, SIZE, 3)), jnp.float32)

@@ -1,10 +1,10 @@
 """FaceNet InceptionResnetV1 from a facenet-pytorch state dict: Flax vs facenet-pytorch's own module.
 
 The oracle is ``facenet_pytorch/models/inception_resnet_v1.py`` executed from
-the facenet-pytorch 2.6.0 wheel (``tests/facenet_pytorch_reference.py``;
+the facenet-pytorch 2.6.0 wheel (``tests/references/facenet_pytorch_reference.py``;
 fetched once by ``pip download`` into the source cache, sha256-pinned; the
 tests skip with the reason when it cannot be had), with random weights,
-biases and batch-norm statistics (eval mode; ``tests/torch_randomize.py``:
+biases and batch-norm statistics (eval mode; ``tests/references/torch_randomize.py``:
 statistics measured on the test inputs, so the embedding has a trained
 network's O(1) entries). Its ``state_dict()`` is saved
 as a .pt, converted with ``converters.facenet_pytorch`` and compared on
@@ -33,7 +33,7 @@ from leam_jax.models import contract, inception_resnet_v1
 from leam_jax.models.params import ParamsError
 from leam_jax.weights import checkpoint
 from tests.conftest import FACES
-from tests.torch_randomize import refilled
+from tests.references.torch_randomize import refilled
 
 torch = pytest.importorskip("torch", reason="PyTorch (facenet-pytorch's runtime) not installed")
 pytestmark = pytest.mark.torch
@@ -90,7 +90,7 @@ class Source:
     def __init__(self, tmp):
         from leam_jax.weights import packages
         from tests import facenet_pytorch_reference as ref
-        from tests.torch_randomize import EmbGrad, randomize
+        from tests.references.torch_randomize import EmbGrad, randomize
 
         try:
             self.module = ref.load_module()

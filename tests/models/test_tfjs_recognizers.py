@@ -35,7 +35,7 @@ MODELS = {
     "faceres": (faceres, faceres.FaceRes, "global_pooling/Mean", 1e-4, 1e-3),
     "faceres_deep": (faceres, faceres.FaceRes, "global_pooling/Mean", 1e-4, 1e-3),
 }
-GRAD_SCRIPT = Path(__file__).resolve().parent / "tfjs_runtime" / "grad_embedding.js"
+GRAD_SCRIPT = Path(__file__).resolve().parents[1] / "references" / "tfjs_runtime" / "grad_embedding.js"
 
 
 def _files(model_json: Path) -> dict[str, bytes]:

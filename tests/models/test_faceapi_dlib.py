@@ -1,7 +1,7 @@
 """dlib_resnet_faceapi (face-api's uint8 dlib ResNet) against face-api itself in TF.js.
 
 The reference is the package's own ``faceRecognitionNet`` (``dist/face-api.node-wasm.js``
-with the pure-JS CPU backend of ``tests/tfjs_runtime``), loaded from the same pinned
+with the pure-JS CPU backend of ``tests/references/tfjs_runtime``), loaded from the same pinned
 tarball the converter reads: its loaded weights, its descriptors and ``tf.grad`` through
 its forward pass, on 12 real dlib chips.
 
@@ -31,7 +31,7 @@ from converters import faceapi_dlib
 from converters.mapping import TRANSFORMS
 from leam_jax import core
 
-SCRIPT = Path(__file__).resolve().parent / "tfjs_runtime" / "faceapi_recognition.js"
+SCRIPT = Path(__file__).resolve().parents[1] / "references" / "tfjs_runtime" / "faceapi_recognition.js"
 CHIPS = slice(0, 48, 4)  # 12 of the 52 dlib chips, all five people
 TIE_RTOL = 1e-5
 

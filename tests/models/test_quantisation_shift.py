@@ -10,7 +10,7 @@ import pytest
 
 pytestmark = [pytest.mark.weights, pytest.mark.faces]
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "quantisation_shift.py"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "quantisation_shift.py"
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from leam_jax import core
-from tests.tiny_models import SIZE, nnx_model
+from tests.references.tiny_models import SIZE, nnx_model
 
 
 def main() -> None:

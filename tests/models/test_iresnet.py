@@ -1,6 +1,6 @@
 """IResNet (insightface iresnet) parity: Flax vs PyTorch and ONNX Runtime, from .pth and .onnx.
 
-The source network is ``tests/torch_iresnet_reference.py`` with random
+The source network is ``tests/references/torch_iresnet_reference.py`` with random
 weights, batch-norm running statistics and PReLU slopes (eval mode). Each
 depth is saved as a state dict and exported with ``torch.onnx.export``
 (opset 17, the TorchScript exporter, which folds conv + BN), converted with
@@ -26,7 +26,7 @@ from leam_jax import adapters, core
 from leam_jax.models import contract, iresnet
 from leam_jax.models.params import ParamsError
 from leam_jax.weights import checkpoint
-from tests.torch_randomize import EmbGrad, refilled
+from tests.references.torch_randomize import EmbGrad, refilled
 
 torch = pytest.importorskip("torch", reason="PyTorch (the IResNet source runtime) not installed")
 pytestmark = pytest.mark.torch

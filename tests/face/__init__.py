@@ -1,0 +1,1 @@
+"""The face pipeline: decoding, alignment, detection to analysis frame."""
