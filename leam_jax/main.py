@@ -85,5 +85,10 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``leam-jax`` console script: the same as ``python -m leam_jax.main``."""
     app.run(main)
+
+
+if __name__ == "__main__":
+    cli()
