@@ -167,3 +167,28 @@ def test_store_refuses_another_run_and_redoes_damaged_shards(tmp_path):
     sweep.ShardStore(tmp_path).open(fp, resume=True)
     (tmp_path / "shards" / "00001.npz").write_bytes(b"damaged")
     assert set(store.done()) == {"00000"}  # a damaged shard is recomputed on resume
+
+
+def test_model_worker_places_params_once_and_explains_like_the_core():
+    """Every compiled function of a model shares one copy of its params; explain_set gives the
+    core's maps with leave-one-out references over the whole set."""
+    import jax
+
+    from leam_jax.models import FaceModel
+    from leam_jax.study import compute
+    from tests.references.tiny_models import DIM, SIZE, nnx_model
+
+    apply_fn, params = nnx_model()
+    model = FaceModel("tiny", apply_fn, params, ("c1", "c2", "c3"), SIZE, DIM)
+    worker = compute.set_worker(model, weighting="layercam", batch_size=4)
+    leaves = jax.tree_util.tree_leaves
+    for runner in [*worker.runners.values(), worker.last_layer]:
+        assert all(a is b for a, b in zip(leaves(worker.params), leaves(runner.params)))
+    images = np.random.default_rng(0).uniform(0, 255, (6, SIZE, SIZE, 3)).astype(np.float32)
+    persons = ["p", "p", "q", "q", "q", "r"]
+    got = compute.explain_set(worker, images, persons)
+    ids, num = compute.dense_ids(persons)
+    want = core.leam_maps(apply_fn, params, jnp.asarray(images), person_ids=jnp.asarray(ids), num_people=num,
+                          weighting="layercam", taps=("c1", "c2", "c3"))
+    np.testing.assert_allclose(got.overall, want.overall, atol=1e-6)
+    np.testing.assert_array_equal(got.used_self, [False] * 5 + [True])
