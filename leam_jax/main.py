@@ -87,6 +87,8 @@ def main(argv: list[str]) -> int:
 
 def cli() -> None:
     """The ``leam-jax`` console script: the same as ``python -m leam_jax.main``."""
+    for f in _flag_fields():  # --help lists the main module's key flags; here that is the script
+        FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[_flag_name(f)])
     app.run(main)
 
 

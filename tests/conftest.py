@@ -78,7 +78,7 @@ def dlib_landmarker(dlib, dlib_dat, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tfjs_runtime():
     """The TF.js reference runtime (skips with the reason when node or the package is absent)."""
-    from tests import tfjs_reference
+    from tests.references import tfjs_reference
 
     reason = tfjs_reference.unavailable_reason()
     if reason:

@@ -39,7 +39,7 @@ def torch():
 
 @pytest.fixture(scope="module")
 def ref(torch):
-    from tests import torch_bisenet_reference
+    from tests.references import torch_bisenet_reference
 
     return torch_bisenet_reference
 

@@ -89,7 +89,7 @@ class Source:
 
     def __init__(self, tmp):
         from leam_jax.weights import packages
-        from tests import facenet_pytorch_reference as ref
+        from tests.references import facenet_pytorch_reference as ref
         from tests.references.torch_randomize import EmbGrad, randomize
 
         try:

@@ -62,7 +62,7 @@ class Source:
     """One random-weight PyTorch IResNet with its .pth and .onnx files and torch outputs (float32 and float64)."""
 
     def __init__(self, depth: int, tmp):
-        from tests import torch_iresnet_reference as ref
+        from tests.references import torch_iresnet_reference as ref
 
         self.depth = depth
         self.net = ref.randomize(ref.iresnet(depth), seed=depth)

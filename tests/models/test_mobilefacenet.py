@@ -84,7 +84,7 @@ class Source:
     """One random-weight PyTorch MobileFaceNet, its .onnx export and torch outputs (float32 and float64)."""
 
     def __init__(self, tmp, config: str = "mbf"):
-        from tests import torch_mobilefacenet_reference as ref
+        from tests.references import torch_mobilefacenet_reference as ref
         from tests.references.torch_randomize import EmbGrad, randomize
 
         self.config = config
