@@ -41,8 +41,11 @@ _EPS = 1e-12
 # jaxlib 0.10's CPU backend hands every f32 convolution to YNNPACK. On CPUs with
 # avx512_bf16 that path is not float32-exact: IResNet-18's input gradient came out
 # 2e-3 (relative L2) from float64 against 1e-6 with XLA's own convolutions, which
-# were also faster for LEAM. Dots keep YNNPACK (XLA's default list minus convolutions).
-CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+# were also faster for LEAM. The list is XLA's default (individual dots, reductions,
+# individual convolutions) without convolutions: the same programs as
+# XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution.
+CPU_COMPILER_OPTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 
 
 def compiler_options() -> dict[str, str] | None:
