@@ -88,11 +88,12 @@ def test_four_devices_give_the_same_tables(baseline, johns_dir, tmp_path):
     r = subprocess.run(_cli(out, johns_dir), capture_output=True, text=True, timeout=900, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "4 device(s)" in r.stderr
-    # Per-device batches change float rounding (~1e-7). Maps, BC, shares and transfer agree to
-    # 1e-4; occlusion means (and the headline's Δcos columns) to 5e-3 (measured 1.1e-3): a pixel
-    # whose rank ties within that noise can swap in or out of a top-p% mask.
+    # Per-device batches change float rounding (~1e-7). Maps, BC and shares agree to
+    # 1e-4; occlusion means, the transfer matrix (occlusion of another model's top pixels) and the
+    # headline's Δcos columns to 5e-3 (measured 1.1e-3 and 1.3e-3): a pixel whose rank ties within
+    # that noise can swap in or out of a top-p% mask.
     for name in sorted((baseline / "tables").glob("*.csv")):
-        rel = 5e-3 if name.name in ("occlusion.csv", "headline.csv") else 1e-4
+        rel = 5e-3 if name.name in ("occlusion.csv", "transfer.csv", "headline.csv") else 1e-4
         with open(name) as f:
             want = list(csv.reader(f))
         with open(out / "tables" / name.name) as f:
