@@ -9,6 +9,8 @@ and the study tool in ``leam_jax.study`` (``python -m leam_jax.main``).
 """
 
 from leam_jax.core import (
+    DEFAULT_TEMPERATURE,
+    GALLERY_TARGETS,
     TARGETS,
     WEIGHTINGS,
     LeamMaps,
@@ -18,18 +20,23 @@ from leam_jax.core import (
     compiler_options,
     contrast_score,
     dense_person_ids,
+    identification_score,
     identity_score,
     jit,
     layer_map,
     leam_maps,
     loo_references,
     pair_score,
+    person_gallery,
+    population_score,
     self_score,
     tap_gradients,
     target_scores,
 )
 
 __all__ = [
+    "DEFAULT_TEMPERATURE",
+    "GALLERY_TARGETS",
     "TARGETS",
     "WEIGHTINGS",
     "LeamMaps",
@@ -39,12 +46,15 @@ __all__ = [
     "compiler_options",
     "contrast_score",
     "dense_person_ids",
+    "identification_score",
     "identity_score",
     "jit",
     "layer_map",
     "leam_maps",
     "loo_references",
     "pair_score",
+    "person_gallery",
+    "population_score",
     "self_score",
     "tap_gradients",
     "target_scores",

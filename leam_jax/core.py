@@ -9,7 +9,9 @@ Flax Linen (``Module.perturb``) and Haiku models all fit (see
 
 Definitions follow LEAM_SPEC.md section 1:
 
-* target score ``s`` per image (``identity``, ``self``, ``pair``, ``contrast``);
+* target score ``s`` per image (``identity``, ``self``, ``pair``, ``contrast``,
+  and the person-contrastive ``population`` and ``identification``, which take a
+  gallery of every person's reference);
 * ``G_l = ds/dA_l`` for every tap at once: one ``jax.vjp`` with respect to
   zero perturbations at all taps;
 * layer map ``M_l`` by ``gradcam`` (default), ``layercam`` or ``gradxact``,
@@ -31,7 +33,13 @@ import jax.numpy as jnp
 
 from leam_jax.batching import Placement, batch_mesh  # noqa: F401 (batch_mesh: public API)
 
-TARGETS = ("identity", "self", "pair", "contrast")
+TARGETS = ("identity", "self", "pair", "contrast", "population", "identification")
+GALLERY_TARGETS = ("population", "identification")  # scored against every person's reference
+# identification's softmax temperature. Cosines between a face and the people of a gallery
+# spread over roughly 0.1-0.5 for a trained model; at 0.05 the softmax weights the few most
+# confusable people (e^(0.1/0.05) = 7.4x per 0.1 of cosine) instead of averaging everyone
+# (a large tau tends to 'population') or only the single nearest (tau -> 0).
+DEFAULT_TEMPERATURE = 0.05
 WEIGHTINGS = ("gradcam", "layercam", "gradxact")
 _EPS = 1e-12
 
@@ -117,6 +125,54 @@ def pair_score(emb: jax.Array, other: jax.Array) -> jax.Array:
 def contrast_score(emb: jax.Array, reference: jax.Array, negative: jax.Array) -> jax.Array:
     """``<ê, r̂_p> - <ê, r̂_q>``: what separates person p from person q. -> [B]."""
     return identity_score(emb, reference) - identity_score(emb, negative)
+
+
+def _masked_gallery(gallery: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Unit gallery rows (a constant) and which rows exist (a zero row: no such person)."""
+    g = jax.lax.stop_gradient(l2_normalize(gallery))
+    return g, jnp.sum(g * g, axis=-1) > 0
+
+
+def population_score(emb: jax.Array, reference: jax.Array, gallery: jax.Array, person_ids: jax.Array) -> jax.Array:
+    """``<ê, r̂_p> - <ê, r̂_¬p>``: r_¬p is the mean of the other people's gallery references
+    (each person once), renormalised. emb, reference [B, D]; gallery [P, D]; person_ids [B] -> [B]."""
+    g, present = _masked_gallery(gallery)
+    total = jnp.sum(jnp.where(present[:, None], g, 0.0), axis=0)
+    others = total[None, :] - g[person_ids] * present[person_ids][:, None]
+    return identity_score(emb, reference) - identity_score(emb, others)
+
+
+def identification_score(emb: jax.Array, reference: jax.Array, gallery: jax.Array, person_ids: jax.Array,
+                         temperature: float = DEFAULT_TEMPERATURE) -> jax.Array:
+    """``log softmax_q(<ê, r̂_q> / τ)`` at q = p over the gallery [P, D], the own entry replaced by
+    the leave-one-out ``reference`` [B, D]; absent (zero) gallery rows take no part. -> [B]."""
+    g, present = _masked_gallery(gallery)
+    own = identity_score(emb, reference) / temperature
+    logits = (l2_normalize(emb) @ g.T) / temperature  # [B, P]
+    mine = jnp.arange(g.shape[0])[None, :] == person_ids[:, None]
+    logits = jnp.where(mine, own[:, None], jnp.where(present[None, :], logits, -jnp.inf))
+    return own - jax.nn.logsumexp(logits, axis=-1)
+
+
+def person_gallery(
+    emb: jax.Array, person_ids: jax.Array, *, num_people: int, valid: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """Every person's reference: the mean of ``ê`` over their valid images, renormalised.
+
+    Args:
+      emb: [N, D] embeddings; person_ids: [N] ids in ``[0, num_people)``; valid: optional [N] bool.
+
+    Returns:
+      (gallery [num_people, D] unit rows, zero for a person without a valid image; counts [num_people]).
+    """
+    if emb.ndim != 2 or person_ids.shape != emb.shape[:1]:
+        raise ValueError(f"need emb [N, D] and person_ids [N], got {emb.shape} and {person_ids.shape}")
+    check_person_ids(person_ids, num_people)
+    valid = jnp.ones(emb.shape[:1], bool) if valid is None else valid.astype(bool)
+    valid = valid & _ids_in_range(person_ids, num_people)
+    sums = jax.ops.segment_sum(l2_normalize(emb) * valid[:, None], person_ids, num_segments=num_people)
+    counts = jax.ops.segment_sum(valid.astype(jnp.int32), person_ids, num_segments=num_people)
+    return l2_normalize(sums), counts
 
 
 def dense_person_ids(person_ids) -> tuple[jax.Array, int]:
@@ -255,6 +311,34 @@ def _has_reference(*, references, person_ids, num_people, valid):
     return valid & (counts[person_ids] >= 2)
 
 
+def _batch_references(emb, references, person_ids, num_people, valid):
+    """(references [B, D], ids in range [B] or True): the given ones, or leave-one-out over the batch."""
+    if references is not None:
+        return references, True
+    if person_ids is None:
+        raise ValueError("this target needs references or person_ids")
+    references, _ = loo_references(jax.lax.stop_gradient(emb), person_ids, num_people=num_people, valid=valid)
+    return references, _ids_in_range(person_ids, num_people)
+
+
+def _batch_gallery(emb, gallery, person_ids, num_people, valid):
+    """(gallery [P, D], ids in range [B]): the given one, or every person's mean over the batch."""
+    if person_ids is None:
+        raise ValueError("targets 'population' and 'identification' need person_ids (rows of the gallery)")
+    if gallery is None:
+        gallery, _ = person_gallery(jax.lax.stop_gradient(emb), person_ids, num_people=num_people, valid=valid)
+    return gallery, _ids_in_range(person_ids, gallery.shape[0])
+
+
+def _person_scores(emb, target, references, gallery, person_ids, temperature):
+    if target == "identity":
+        return identity_score(emb, references)
+    ids = jnp.clip(person_ids, 0, gallery.shape[0] - 1)  # out-of-range rows are NaN-ed by the caller
+    if target == "population":
+        return population_score(emb, references, gallery, ids)
+    return identification_score(emb, references, gallery, ids, temperature)
+
+
 def target_scores(
     emb: jax.Array,
     *,
@@ -264,29 +348,33 @@ def target_scores(
     person_ids: jax.Array | None = None,
     num_people: int | None = None,
     valid: jax.Array | None = None,
+    gallery: jax.Array | None = None,
+    temperature: float = DEFAULT_TEMPERATURE,
 ) -> jax.Array:
     """The target score ``s`` of each image (LEAM_SPEC section 1). [B, D] -> [B].
 
     ``identity`` uses ``references`` [B, D] (a zero row: no reference, explain
     ``self``) or, without them, leave-one-out references over this batch from
-    ``person_ids`` [B] in ``[0, num_people)``; ``pair`` takes the partner's
+    ``person_ids`` [B] in ``[0, num_people)``. ``population`` and ``identification``
+    also need ``person_ids`` as rows of ``gallery`` [P, D] (every person's reference,
+    see :func:`person_gallery`; without it, the gallery of this batch), the own row
+    replaced by the leave-one-out ``references``. ``pair`` takes the partner's
     embedding as ``references``; ``contrast`` also needs ``negatives`` [B, D].
     """
     if target == "self":
         return self_score(emb)
-    if target == "identity":
-        if references is None:
-            if person_ids is None:
-                raise ValueError("target='identity' needs references or person_ids")
-            num_people = num_people or emb.shape[0]
-            references, _ = loo_references(jax.lax.stop_gradient(emb), person_ids, num_people=num_people, valid=valid)
-            in_range = _ids_in_range(person_ids, num_people)
-        else:
-            in_range = True
+    if target == "identity" or target in GALLERY_TARGETS:
+        num_people = num_people or emb.shape[0]
+        if target in GALLERY_TARGETS and gallery is not None and references is None:
+            raise ValueError(f"target={target!r} with a gallery needs the leave-one-out references too")
+        references, in_range = _batch_references(emb, references, person_ids, num_people, valid)
+        if target in GALLERY_TARGETS:
+            gallery, in_range = _batch_gallery(emb, gallery, person_ids, num_people, valid)
         has_ref = jnp.sum(references * references, axis=-1) > 0
         # A person with a single image has no reference: explain 'self' instead. An id outside
         # [0, num_people) under tracing gets a NaN score (flagged zero maps), never a wrong one.
-        scores = jnp.where(has_ref, identity_score(emb, references), self_score(emb))
+        scores = jnp.where(has_ref, _person_scores(emb, target, references, gallery, person_ids, temperature),
+                           self_score(emb))
         return jnp.where(in_range, scores, jnp.nan)
     if references is None:
         raise ValueError(f"target={target!r} needs references [B, D]")
@@ -344,8 +432,8 @@ def tap_gradients(
 
 
 def _leam_maps(
-    apply_fn, params, images, references, negatives, person_ids, valid, layer_weights,
-    *, target, weighting, taps, output_size, num_people,
+    apply_fn, params, images, references, negatives, person_ids, valid, layer_weights, gallery=None,
+    *, target, weighting, taps, output_size, num_people, temperature=DEFAULT_TEMPERATURE,
 ):
     if images.ndim != 4:
         raise ValueError(f"images must be [B, H, W, C], got {images.shape}")
@@ -358,9 +446,9 @@ def _leam_maps(
         raise ValueError(f"person_ids must be [B={b}], got {person_ids.shape}")
     size = output_size or images.shape[1:3]
     num_people = num_people or b
-    if target == "identity":
+    if target == "identity" or target in GALLERY_TARGETS:
         if references is None and person_ids is None:
-            raise ValueError("target='identity' needs references or person_ids")
+            raise ValueError(f"target={target!r} needs references or person_ids")
         used_self = ~_has_reference(references=references, person_ids=person_ids, num_people=num_people,
                                     valid=valid_mask)
     else:
@@ -368,7 +456,8 @@ def _leam_maps(
 
     def score_fn(emb):
         return target_scores(emb, target=target, references=references, negatives=negatives,
-                             person_ids=person_ids, num_people=num_people, valid=valid_mask)
+                             person_ids=person_ids, num_people=num_people, valid=valid_mask, gallery=gallery,
+                             temperature=temperature)
 
     scores, emb, acts, grads = tap_gradients(apply_fn, params, images, score_fn, taps)
     names = tuple(grads)
@@ -389,7 +478,8 @@ def _leam_maps(
 
 
 _leam_maps_jit = jit(
-    _leam_maps, static_argnames=("apply_fn", "target", "weighting", "taps", "output_size", "num_people")
+    _leam_maps,
+    static_argnames=("apply_fn", "target", "weighting", "taps", "output_size", "num_people", "temperature")
 )
 
 
@@ -408,6 +498,8 @@ def leam_maps(
     taps: Sequence[str] | None = None,
     layer_weights: jax.Array | None = None,
     output_size: tuple[int, int] | None = None,
+    gallery: jax.Array | None = None,
+    temperature: float = DEFAULT_TEMPERATURE,
 ) -> LeamMaps:
     """LEAM maps for a batch: one forward and one backward pass for all taps (jit-compiled).
 
@@ -416,7 +508,8 @@ def leam_maps(
         Must be hashable and stable (it is a static argument of the compiled function).
       params: the model's params pytree.
       images: [B, S, S, C] model inputs.
-      target: ``identity`` (default), ``self``, ``pair`` or ``contrast``.
+      target: ``identity`` (default), ``self``, ``pair``, ``contrast``, ``population`` or
+        ``identification`` (LEAM_SPEC section 1).
       references: [B, D] reference embeddings: the person's (identity, contrast) or
         the partner image's (pair). For ``identity`` they may be omitted; then
         leave-one-out references come from this batch via ``person_ids``. A zero
@@ -431,6 +524,10 @@ def leam_maps(
       taps: which taps, in order (default: all the model returns).
       layer_weights: [L] weights of the layers in the overall map (default equal).
       output_size: (H, W) of the maps (default: the input size S x S).
+      gallery: [P, D] every person's reference (:func:`person_gallery`) for ``population`` and
+        ``identification``; ``person_ids`` then index its rows and ``references`` must be the
+        leave-one-out ones. Without it, the gallery of this batch.
+      temperature: ``identification``'s softmax temperature (default :data:`DEFAULT_TEMPERATURE`).
 
     Returns:
       :class:`LeamMaps` with per_layer [B, L, H, W], overall [B, H, W], flags.
@@ -440,11 +537,12 @@ def leam_maps(
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     if person_ids is not None:
-        check_person_ids(person_ids, num_people or images.shape[0])
+        check_person_ids(person_ids, gallery.shape[0] if gallery is not None else num_people or images.shape[0])
     return _leam_maps_jit(
-        apply_fn, params, images, references, negatives, person_ids, valid, layer_weights,
+        apply_fn, params, images, references, negatives, person_ids, valid, layer_weights, gallery,
         target=target, weighting=weighting, taps=None if taps is None else tuple(taps),
         output_size=None if output_size is None else tuple(output_size), num_people=num_people,
+        temperature=float(temperature),
     )
 
 
@@ -488,6 +586,7 @@ class LeamRunner:
         output_size: tuple[int, int] | None = None,
         layer_weights: jax.Array | None = None,
         mesh: jax.sharding.Mesh | None = None,
+        temperature: float = DEFAULT_TEMPERATURE,
     ):
         if target not in TARGETS or weighting not in WEIGHTINGS:
             raise ValueError(f"bad target {target!r} or weighting {weighting!r}")
@@ -499,12 +598,13 @@ class LeamRunner:
         self.layer_weights = layer_weights
         self.trace_count = 0
         static = dict(target=target, weighting=weighting, taps=None if taps is None else tuple(taps),
-                      output_size=None if output_size is None else tuple(output_size), num_people=batch_size)
+                      output_size=None if output_size is None else tuple(output_size), num_people=batch_size,
+                      temperature=float(temperature))
 
-        def run(params, images, references, negatives, person_ids, valid, layer_weights):
+        def run(params, images, references, negatives, person_ids, valid, layer_weights, gallery):
             self.trace_count += 1  # Python side effect: runs once per compilation
             return _leam_maps(apply_fn, params, images, references, negatives, person_ids, valid,
-                              layer_weights, **static)
+                              layer_weights, gallery, **static)
 
         self._fn = jit(run)
 
@@ -515,18 +615,32 @@ class LeamRunner:
         person_ids: jax.Array | None = None,
         references: jax.Array | None = None,
         negatives: jax.Array | None = None,
+        gallery: jax.Array | None = None,
+        params: Any = None,
     ) -> LeamMaps:
-        """Maps for up to ``batch_size`` images; results are cut back to their count."""
+        """Maps for up to ``batch_size`` images; results are cut back to their count.
+
+        ``params`` (default: the runner's) runs the same compiled program with other weights of
+        the same structure, e.g. randomised ones for a sanity check.
+
+        With a ``gallery`` [P, D] (``population``, ``identification``), ``person_ids`` are its
+        rows and ``references`` the leave-one-out ones; place the gallery once with
+        ``runner.placement.replicate`` to avoid a copy per call.
+        """
         n = images.shape[0]
-        if person_ids is not None:
+        if gallery is not None:
+            check_person_ids(person_ids, gallery.shape[0])
+            gallery = self.placement.replicate(gallery)
+        elif person_ids is not None:
             # Batch-local dense ids; padded rows get an id of their own and valid=False.
             _, dense = jnp.unique(jnp.asarray(person_ids), return_inverse=True, size=n)
             person_ids = dense.reshape(-1).astype(jnp.int32)
-        elif self.target == "identity" and references is None:
-            raise ValueError("target='identity' needs person_ids or references")
+        elif (self.target == "identity" or self.target in GALLERY_TARGETS) and references is None:
+            raise ValueError(f"target={self.target!r} needs person_ids or references")
         put = self.placement.put
-        out = self._fn(self.params, put(images), put(references), put(negatives), put(person_ids),
-                       self.placement.valid(n), self.layer_weights)
+        params = self.params if params is None else self.placement.replicate(params)
+        out = self._fn(params, put(images), put(references), put(negatives), put(person_ids),
+                       self.placement.valid(n), self.layer_weights, gallery)
         return out if n == self.batch_size else jax.tree_util.tree_map(lambda a: a[:n], out)
 
 

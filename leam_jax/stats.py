@@ -338,3 +338,299 @@ def tar_at_far(scores: jax.Array, positive: jax.Array, far: float = 0.01) -> jax
     n_pos = jnp.sum(positive)
     tar = jnp.sum(positive & (scores > threshold)) / jnp.maximum(n_pos, 1)
     return jnp.where(n_pos > 0, tar, jnp.nan)
+
+
+# ---------------------------------------------------------------------------
+# Validity (LEAM_SPEC.md section 6): effect sizes with person-bootstrap intervals,
+# rank agreement of maps, area under the deletion curve. The array functions are jitted: one
+# compiled program per shape instead of dozens of eager ops in the study's per-layer loops.
+
+
+def _count_dtype(weights: jax.Array) -> jax.Array:
+    """Integer/bool weights as int32 (their cumulative sums stay exact), others as float32."""
+    w = jnp.asarray(weights)
+    return w.astype(jnp.int32 if w.dtype == bool or jnp.issubdtype(w.dtype, jnp.integer) else jnp.float32)
+
+
+def _tie_bounds(sorted_scores: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Each element's tie group ``[left, right)`` in an ascending [M] array."""
+    return (jnp.searchsorted(sorted_scores, sorted_scores, side="left"),
+            jnp.searchsorted(sorted_scores, sorted_scores, side="right"))
+
+
+def _sorted_auc(positive: jax.Array, weights: jax.Array, left: jax.Array, right: jax.Array) -> jax.Array:
+    """Weighted AUC of [M] scores already sorted ascending, given their tie groups (:func:`_tie_bounds`)."""
+    neg = jnp.where(positive, 0, weights)
+    cum = jnp.concatenate([jnp.zeros((1,), neg.dtype), jnp.cumsum(neg)])  # cum[k]: negative weight before k
+    # Negative weight strictly below plus half the tied: (cum[left] + cum[right]) / 2.
+    beaten = cum[left].astype(jnp.float32) + cum[right].astype(jnp.float32)
+    w = jnp.where(positive, weights.astype(jnp.float32), 0.0)
+    w_pos, w_neg = jnp.sum(w), cum[-1].astype(jnp.float32)
+    # One scalar division at the end: XLA turns x / scalar into x * (1 / scalar), which would make
+    # a perfect separation 0.99999994.
+    auc = 0.5 * jnp.sum(w * beaten) / jnp.where((w_pos > 0) & (w_neg > 0), w_pos * w_neg, 1.0)
+    return jnp.where((w_pos > 0) & (w_neg > 0), auc, jnp.nan)
+
+
+@jax.jit
+def weighted_roc_auc(scores: jax.Array, positive: jax.Array, weights: jax.Array) -> jax.Array:
+    """ROC AUC with non-negative per-item weights, ties counted half, in O(M log M).
+
+    ``sum_{pos i, neg j} w_i w_j ([s_i > s_j] + [s_i == s_j] / 2) / (W_pos W_neg)``; with unit
+    weights this is :func:`roc_auc`, with integer weights it equals repeating the items.
+
+    Args:
+      scores: [M] higher = more likely positive.
+      positive: [M] bool.
+      weights: [M] >= 0, integer ones summed exactly in int32; items of weight 0 are ignored, even if NaN.
+
+    Returns:
+      Scalar; NaN when either side has zero total weight.
+    """
+    scores, positive, weights = jnp.asarray(scores, jnp.float32), jnp.asarray(positive, bool), _count_dtype(weights)
+    if scores.ndim != 1 or positive.shape != scores.shape or weights.shape != scores.shape:
+        raise ValueError(f"need [M] scores, positive and weights, got {scores.shape}, {positive.shape}, {weights.shape}")
+    order = jnp.argsort(scores)
+    left, right = _tie_bounds(scores[order])
+    return _sorted_auc(positive[order], weights[order], left, right)
+
+
+@jax.jit
+def cohens_d(values: jax.Array, positive: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+    """Cohen's d of positives vs negatives: ``(mean_1 - mean_0) / pooled SD``.
+
+    ``pooled SD = sqrt(((n1 - 1) s1^2 + (n0 - 1) s0^2) / (n1 + n0 - 2))`` with unbiased variances.
+    Weights are frequency weights (counts and sums weighted), so integer weights equal repeating rows.
+
+    Args:
+      values: [M].
+      positive: [M] bool.
+      weights: [M] >= 0, or None for all ones; items of weight 0 are ignored, even if NaN.
+
+    Returns:
+      Scalar; NaN when a side has total weight < 2 or the pooled SD is zero (within float32
+      rounding of the largest |value|, so constant groups give NaN, not a huge d).
+    """
+    values, positive = jnp.asarray(values, jnp.float32), jnp.asarray(positive, bool)
+    w = jnp.ones_like(values) if weights is None else jnp.asarray(weights, jnp.float32)
+    if values.ndim != 1 or positive.shape != values.shape or w.shape != values.shape:
+        raise ValueError(f"need [M] values, positive and weights, got {values.shape}, {positive.shape}, {w.shape}")
+    values = jnp.where(w > 0, values, 0.0)  # unweighted items (e.g. NaN rows) must not give 0 * NaN
+
+    def moments(side):
+        ws = jnp.where(side, w, 0.0)
+        n = jnp.sum(ws)
+        mean = jnp.sum(ws * values) / jnp.where(n > 0, n, 1.0)
+        return n, mean, jnp.sum(ws * (values - mean) ** 2)  # two passes: no cancellation
+
+    (n1, m1, ss1), (n0, m0, ss0) = moments(positive), moments(~positive)
+    pooled = jnp.sqrt((ss1 + ss0) / jnp.maximum(n1 + n0 - 2, 1e-30))
+    scale = jnp.max(jnp.where(w > 0, jnp.abs(values), 0.0))
+    ok = (n1 >= 2) & (n0 >= 2) & (pooled > 8 * jnp.finfo(jnp.float32).eps * scale)
+    return jnp.where(ok, (m1 - m0) / jnp.where(ok, pooled, 1.0), jnp.nan)
+
+
+def _resample_counts(key: jax.Array, num_people: int | jax.Array, capacity: int, num_draws: int) -> jax.Array:
+    """[num_draws, capacity] int32: how often each of the first ``num_people`` (may be traced,
+    <= capacity) people is drawn when ``num_people`` are drawn with replacement."""
+    draws = jax.random.randint(key, (num_draws, capacity), 0, jnp.maximum(num_people, 1))
+    used = (jnp.arange(capacity) < num_people).astype(jnp.int32)  # only the first num_people draws count
+    return jax.vmap(lambda d: jax.ops.segment_sum(used, d, num_segments=capacity))(draws)
+
+
+def _pair_weights(counts: jax.Array, person_a: jax.Array, person_b: jax.Array) -> jax.Array:
+    """Cluster-bootstrap weight of each pair from person counts: [..., P] -> [..., M]."""
+    ca, cb = counts[..., person_a], counts[..., person_b]
+    return jnp.where(person_a == person_b, ca, ca * cb)
+
+
+@functools.partial(jax.jit, static_argnames=("num_people", "num_draws"))
+def person_bootstrap_weights(
+    key: jax.Array, person_a: jax.Array, person_b: jax.Array, num_people: int, num_draws: int
+) -> jax.Array:
+    """Cluster (person) bootstrap weights for statistics over pairs.
+
+    Each draw resamples the ``num_people`` people with replacement, as
+    ``jax.random.randint(key, (num_draws, num_people), 0, num_people)``, giving counts
+    ``c_p ~ Multinomial(P, 1/P)``. A copy of a person brings all of that person's images, so:
+    a same-person pair (a == b) is counted once per copy, weight ``c_a`` (an image is not paired
+    with its own copy); a different-person pair once per combination of copies, ``c_a * c_b``.
+
+    Args:
+      key: PRNG key.
+      person_a, person_b: [M] ints in ``[0, num_people)``, the two people of each pair.
+      num_people: P (static).
+      num_draws: D (static).
+
+    Returns:
+      [D, M] int32 weights.
+    """
+    person_a, person_b = jnp.asarray(person_a, jnp.int32), jnp.asarray(person_b, jnp.int32)
+    if person_a.ndim != 1 or person_a.shape != person_b.shape:
+        raise ValueError(f"person_a and person_b must both be [M], got {person_a.shape} and {person_b.shape}")
+    if num_people < 1 or num_draws < 1:
+        raise ValueError(f"need num_people >= 1 and num_draws >= 1, got {num_people} and {num_draws}")
+    return _pair_weights(_resample_counts(key, num_people, num_people, num_draws), person_a, person_b)
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["auc", "auc_low", "auc_high", "d", "d_low", "d_high", "mean_same", "mean_diff", "n_same", "n_diff"],
+    meta_fields=[],
+)
+@dataclasses.dataclass(frozen=True)
+class Specificity:
+    """Person-specificity of a pairwise score (all fields scalars).
+
+    ``auc``: AUC of the score as a same-person detector (0.5 = no person signal); ``d``: Cohen's
+    d of same vs different pairs; ``*_low``/``*_high``: percentile person-bootstrap interval;
+    ``mean_same``/``mean_diff``: mean score; ``n_same``/``n_diff``: number of pairs counted.
+    """
+
+    auc: jax.Array
+    auc_low: jax.Array
+    auc_high: jax.Array
+    d: jax.Array
+    d_low: jax.Array
+    d_high: jax.Array
+    mean_same: jax.Array
+    mean_diff: jax.Array
+    n_same: jax.Array
+    n_diff: jax.Array
+
+
+def _dense_people(person_ids: jax.Array, member: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Members' person ids relabelled 0..P-1, non-members P; P is traced. [N] x2 -> ([N] int32, scalar)."""
+    order = jnp.lexsort((person_ids, ~member))  # members first, by id
+    ids, inside = person_ids[order], member[order]
+    new = inside & jnp.concatenate([jnp.ones((1,), bool), ids[1:] != ids[:-1]])
+    num_people = jnp.sum(new, dtype=jnp.int32)
+    dense = jnp.where(inside, jnp.cumsum(new, dtype=jnp.int32) - 1, num_people)
+    return jnp.zeros_like(dense).at[order].set(dense), num_people
+
+
+@functools.partial(jax.jit, static_argnames=("num_draws", "level", "chunk"))
+def person_specificity(
+    values: jax.Array,
+    person_ids: jax.Array,
+    *,
+    key: jax.Array,
+    num_draws: int = 1000,
+    valid: jax.Array | None = None,
+    pair_mask: jax.Array | None = None,
+    level: float = 0.95,
+    chunk: int = 50,
+) -> Specificity:
+    """AUC and Cohen's d of a pairwise score as a same-person detector, with person-bootstrap intervals.
+
+    Pairs are i < j of valid rows (and ``pair_mask[i, j]``, e.g. only pairs within one source set);
+    same-person pairs are the positives. Intervals are percentile intervals at ``level`` over
+    ``num_draws`` resamples of the people that have at least one counted pair (weights as in
+    :func:`person_bootstrap_weights`; draws with no pair on a side are dropped). The draws run
+    ``chunk`` at a time (memory ~ chunk x M x 24 bytes for M = N(N-1)/2 pairs) and do not depend
+    on ``chunk``. Compiled once per shape and (static) ``num_draws``, ``level`` and ``chunk``.
+
+    Args:
+      values: [N, N] pairwise score (e.g. :func:`bc_matrix`), read above the diagonal.
+      person_ids: [N] ints.
+      key: PRNG key of the bootstrap.
+      valid: [N] bool, rows to use (default all).
+      pair_mask: [N, N] bool, pairs to use (default all).
+    """
+    n = values.shape[0]
+    if values.shape != (n, n) or person_ids.shape != (n,):
+        raise ValueError(f"need values [N, N] and person_ids [N], got {values.shape} and {person_ids.shape}")
+    if pair_mask is not None and pair_mask.shape != (n, n):
+        raise ValueError(f"pair_mask must be [{n}, {n}], got {pair_mask.shape}")
+    if not 0 < level < 1 or num_draws < 1 or chunk < 1:
+        raise ValueError(f"need 0 < level < 1, num_draws >= 1, chunk >= 1; got {level}, {num_draws}, {chunk}")
+    valid = jnp.ones((n,), bool) if valid is None else jnp.asarray(valid, bool)
+    i, j = jnp.triu_indices(n, 1)
+    keep = valid[i] & valid[j]
+    if pair_mask is not None:
+        keep = keep & jnp.asarray(pair_mask, bool)[i, j]
+    member = jnp.zeros((n,), jnp.int32).at[i].add(keep).at[j].add(keep) > 0
+    people, num_people = _dense_people(jnp.asarray(person_ids), member)
+    # Sort the pairs once; every draw only reweights them (static shapes: dropped pairs weigh 0).
+    scores = jnp.asarray(values, jnp.float32)[i, j]
+    order = jnp.argsort(scores)
+    scores, keep, a, b = scores[order], keep[order], people[i][order], people[j][order]
+    same = a == b
+    left, right = _tie_bounds(scores)
+
+    def effect(c):  # AUC and d with each person counted c_p times
+        w = jnp.where(keep, _pair_weights(c, a, b), 0)
+        return _sorted_auc(same, w, left, right), cohens_d(scores, same, w)
+
+    # Row 0 counts everyone once (the sample itself: the point estimate), then the draws, in
+    # chunks of equal size (one compiled body); padded rows weigh 0, give NaN and are cut.
+    counts = jnp.concatenate([jnp.ones((1, n), jnp.int32), _resample_counts(key, num_people, n, num_draws)])
+    chunk = min(chunk, num_draws + 1)
+    num_chunks = -(-(num_draws + 1) // chunk)
+    counts = jnp.pad(counts, ((0, num_chunks * chunk - num_draws - 1), (0, 0))).reshape(num_chunks, chunk, n)
+    aucs, ds = (x.reshape(-1)[: num_draws + 1] for x in jax.lax.map(jax.vmap(effect), counts))
+    (auc, aucs), (d, ds) = (aucs[0], aucs[1:]), (ds[0], ds[1:])
+    q = jnp.array([(1 - level) / 2, (1 + level) / 2], jnp.float32)
+    (auc_low, auc_high), (d_low, d_high) = jnp.nanquantile(aucs, q), jnp.nanquantile(ds, q)
+    n_same, n_diff = jnp.sum(keep & same), jnp.sum(keep & ~same)
+
+    def mean(mask, count):
+        return jnp.where(count > 0, jnp.sum(jnp.where(mask, scores, 0.0)) / jnp.maximum(count, 1), jnp.nan)
+
+    return Specificity(auc, auc_low, auc_high, d, d_low, d_high, mean(keep & same, n_same),
+                       mean(keep & ~same, n_diff), n_same, n_diff)
+
+
+def _average_ranks(x: jax.Array) -> jax.Array:
+    """Ranks along the last axis, tied values sharing their mean rank, minus 1/2 (offsets cancel
+    in a correlation). [K, n] -> [K, n] float32."""
+    s = jnp.sort(x, axis=-1)
+    bounds = jax.vmap(lambda row, srt: (jnp.searchsorted(srt, row, side="left"), jnp.searchsorted(srt, row, side="right")))
+    left, right = bounds(x, s)
+    return 0.5 * (left + right).astype(jnp.float32)  # 1-based mean rank is (left + right + 1) / 2
+
+
+@jax.jit
+def spearman(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Spearman rank correlation of two maps per leading index: [..., H, W] x2 -> [...].
+
+    Ties share their average rank (maps after a ReLU hold many exact zeros), then Pearson on
+    ranks, as ``scipy.stats.spearmanr``. NaN-free: a constant map (no rank spread) gives 0.
+    """
+    a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
+    if a.shape != b.shape or a.ndim < 2:
+        raise ValueError(f"need two maps [..., H, W] of one shape, got {a.shape} and {b.shape}")
+    hw = a.shape[-2] * a.shape[-1]
+    # Centred by their exact mean, hw / 2: a constant map's ranks become exactly 0.
+    ra, rb = (_average_ranks(x.reshape(-1, hw)) - 0.5 * hw for x in (a, b))
+    den = jnp.sqrt(jnp.sum(ra * ra, -1) * jnp.sum(rb * rb, -1))
+    r = jnp.where(den > 0, jnp.sum(ra * rb, -1) / jnp.where(den > 0, den, 1.0), 0.0)
+    return jnp.clip(r, -1.0, 1.0).reshape(a.shape[:-2])
+
+
+def deletion_area(percents: tuple[float, ...] | jax.Array, deltas: jax.Array) -> jax.Array:
+    """Area under a deletion curve ``Δcos(p)`` over the span of ``percents``, per curve.
+
+    Trapezoid rule over the given percents, divided by ``p_max - p_min``: the curve's mean height
+    over the span, in Δcos units (independent of whether p is in percent or fraction).
+
+    Args:
+      percents: [P] strictly increasing, P >= 2, concrete (a static tuple or array, not traced).
+      deltas: [..., P] Δcos at each percent.
+
+    Returns:
+      [...].
+    """
+    if jnp.ndim(percents) != 1:
+        raise ValueError(f"percents must be 1-D, got shape {jnp.shape(percents)}")
+    try:
+        p = tuple(float(x) for x in percents)
+    except jax.errors.ConcretizationTypeError as e:
+        raise ValueError("percents must be concrete (a static tuple or array), not traced") from e
+    if len(p) < 2 or not all(math.isfinite(x) for x in p) or any(hi <= lo for lo, hi in zip(p, p[1:])):
+        raise ValueError(f"percents must be >= 2 finite, strictly increasing values, got {p}")
+    deltas = jnp.asarray(deltas, jnp.float32)
+    if deltas.ndim < 1 or deltas.shape[-1] != len(p):
+        raise ValueError(f"deltas must be [..., {len(p)}], got {deltas.shape}")
+    widths = jnp.asarray([hi - lo for lo, hi in zip(p, p[1:])], jnp.float32)
+    return jnp.sum(widths * 0.5 * (deltas[..., 1:] + deltas[..., :-1]), axis=-1) / (p[-1] - p[0])

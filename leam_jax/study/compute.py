@@ -11,8 +11,10 @@ Targets: ``identity`` explains each face against the leave-one-out mean of its
 person's other faces (:func:`leam_jax.core.loo_references`; faces of a person
 never straddle shards, so this equals the dataset-wide reference) and falls
 back to ``self`` for a person with one face; ``self`` explains every face
-against itself. Occlusion measures ``Δcos = cos(e(x), r) - cos(e(x_occ), r)``
-with the same ``r`` (the clean embedding itself for ``self``).
+against itself. ``population`` and ``identification`` also score against every
+person of the run: the sweep's embedding pass builds the :class:`Gallery`
+first. Occlusion measures ``Δcos = cos(e(x), r) - cos(e(x_occ), r)`` with the
+leave-one-out ``r`` (the clean embedding itself where there is none).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class ComputeConfig:
     """The device-side settings of a sweep (built from the study's config, which holds the defaults)."""
 
     weightings: tuple[str, ...]
-    target: str  # identity | self
+    target: str  # a sweep target (config.SWEEP_TARGETS)
     top_percents: tuple[float, ...]
     occlusion_percents: tuple[float, ...]
     occlusion_fills: tuple[str, ...]
@@ -52,6 +54,7 @@ class ComputeConfig:
     map_size: int = 128  # stored overall maps (sum-pooled from the 256 frame)
     layer_map_size: int = 32  # stored per-layer maps
     mean_layer_size: int = 64  # per-shard sums of per-layer maps (the mean-map figure)
+    temperature: float = core.DEFAULT_TEMPERATURE  # identification's softmax temperature
 
     @property
     def occlusion(self) -> bool:
@@ -125,6 +128,30 @@ def dense_ids(persons: Sequence[str]) -> tuple[np.ndarray, int]:
     return ids.reshape(-1).astype(np.int32), len(uniq)
 
 
+@dataclasses.dataclass(frozen=True)
+class Gallery:
+    """Every person's reference of one model over a whole run (``population``, ``identification``)."""
+
+    persons: tuple[str, ...]  # sorted names; row p of ``vectors`` is persons[p]
+    vectors: np.ndarray  # [P, D] unit means of the person's embeddings (core.person_gallery)
+
+    @classmethod
+    def from_embeddings(cls, emb: np.ndarray, persons: Sequence[str]) -> Gallery:
+        """The gallery of N faces' embeddings [N, D] and their person names (one batch: the oracle
+        the sweep's sharded embedding pass must equal)."""
+        ids, num = dense_ids(persons)
+        g, _ = core.person_gallery(jnp.asarray(emb, jnp.float32), jnp.asarray(ids), num_people=num)
+        return cls(tuple(np.unique(np.asarray(persons)).tolist()), np.asarray(g))
+
+    def ids(self, persons: Sequence[str]) -> np.ndarray:
+        """Rows of the given persons (each must be in the gallery)."""
+        index = {p: i for i, p in enumerate(self.persons)}
+        missing = sorted({p for p in persons if p not in index})
+        if missing:
+            raise ValueError(f"persons not in the gallery (embedding pass): {missing[:5]}")
+        return np.array([index[p] for p in persons], np.int32)
+
+
 @dataclasses.dataclass
 class ModelShard:
     """One model's results on a shard: ``stored`` (schema keys) plus the working arrays the
@@ -136,18 +163,6 @@ class ModelShard:
     f2m: np.ndarray  # [N, 2, 3] frame -> model input
     occ_ref: np.ndarray  # [N, D] the reference occlusion is measured against
     emb: np.ndarray  # [N, D]
-
-
-@dataclasses.dataclass
-class _Batch:
-    """One fixed-shape batch on the devices (k real rows)."""
-
-    index: int
-    k: int
-    x: jax.Array
-    refs: jax.Array
-    emb: jax.Array
-    occ_ref: jax.Array
 
 
 class _Rows:
@@ -179,7 +194,8 @@ class ModelWorker:
         self.taps = tuple(taps)
         self.place = Placement(config.batch_size, mesh)
         self.params = self.place.replicate(model.params)  # shared by every compiled function below
-        kw = dict(batch_size=config.batch_size, target=config.target, taps=self.taps, mesh=self.place.mesh)
+        kw = dict(batch_size=config.batch_size, target=config.target, taps=self.taps, mesh=self.place.mesh,
+                  temperature=config.temperature)
         self.runners = {w: core.LeamRunner(model.apply, self.params, weighting=w, **kw) for w in config.weightings}
         self.last_layer = core.LeamRunner(model.apply, self.params, weighting="gradcam", **{**kw, "taps": self.taps[-1:]})
         apply, target = model.apply, config.target
@@ -187,8 +203,9 @@ class ModelWorker:
         def embed(params, x):
             return apply(params, x)[0]
 
-        def input_grad(params, x, refs):
-            score = functools.partial(core.target_scores, target=target, references=refs)
+        def input_grad(params, x, refs, ids, gallery):
+            score = functools.partial(core.target_scores, target=target, references=refs, person_ids=ids,
+                                      gallery=gallery, temperature=config.temperature)
             return core.input_gradient_saliency(apply, params, x, score)[0]
 
         def occlusion(params, x, masks, refs, clean, key, fill):
@@ -205,14 +222,15 @@ class ModelWorker:
         self._random_occlusion = core.jit(random_occlusion, static_argnames=("fill", "percent"))
 
     # -- whole sets ----------------------------------------------------------------------
-    def embed(self, x: np.ndarray) -> np.ndarray:
-        """[N, S, S, 3] model inputs -> [N, D] embeddings."""
-        return np.concatenate([np.asarray(self._embed(self.params, self.place.put(x[s])))[: s.stop - s.start]
+    def embed(self, x: np.ndarray, params=None) -> np.ndarray:
+        """[N, S, S, 3] model inputs -> [N, D] embeddings (``params``: other weights, same structure)."""
+        params = self.params if params is None else self.place.replicate(params)
+        return np.concatenate([np.asarray(self._embed(params, self.place.put(x[s])))[: s.stop - s.start]
                                for s in chunks(len(x), self.place.batch_size)])
 
     def references(self, emb: np.ndarray, persons: Sequence[str]) -> np.ndarray:
         """[N, D] what each face is explained against: leave-one-out means of the person's other
-        faces (``identity``; a zero row for a person with one face), zero rows for ``self``."""
+        faces (a zero row for a person with one face), zero rows for ``self``."""
         if self.config.target == "self":
             return np.zeros_like(emb)
         ids, num = dense_ids(persons)
@@ -224,14 +242,24 @@ class ModelWorker:
             yield i, s.stop - s.start, [self.place.put(a[s]) for a in arrays]
 
     # -- one batch ----------------------------------------------------------------------
-    def leam(self, x: jax.Array, refs: jax.Array) -> dict[str, core.LeamMaps]:
-        """Every weighting's maps of one placed batch (padded rows are computed too; callers cut)."""
-        return {w: runner(x, references=refs) for w, runner in self.runners.items()}
+    def leam(self, x: jax.Array, refs: jax.Array, ids=None, gallery=None, params=None) -> dict[str, core.LeamMaps]:
+        """Every weighting's maps of one placed batch (padded rows are computed too; callers cut).
+        ``ids`` and ``gallery``: the gallery targets; ``params``: other weights (sanity checks)."""
+        return {w: runner(x, references=refs, person_ids=ids, gallery=gallery, params=params)
+                for w, runner in self.runners.items()}
 
-    def baselines(self, x: jax.Array, refs: jax.Array) -> dict[str, jax.Array]:
+    def baselines(self, x: jax.Array, refs: jax.Array, ids=None, gallery=None) -> dict[str, jax.Array]:
         """Overall maps of the two baselines: input-gradient saliency and last-layer Grad-CAM."""
-        return {"input_gradient": self._input_grad(self.params, x, refs),
-                "last_layer": self.last_layer(x, references=refs).overall}
+        return {"input_gradient": self._input_grad(self.params, x, refs, ids, gallery),
+                "last_layer": self.last_layer(x, references=refs, person_ids=ids, gallery=gallery).overall}
+
+    def gallery_inputs(self, persons: Sequence[str], gallery: Gallery | None):
+        """(gallery rows [N] or None, the gallery placed on the devices or None) for this target."""
+        if self.config.target not in core.GALLERY_TARGETS:
+            return None, None
+        if gallery is None:
+            raise ValueError(f"target {self.config.target!r} needs the run's gallery (embedding pass)")
+        return gallery.ids(persons), self.place.replicate(jnp.asarray(gallery.vectors, jnp.float32))
 
     def occlusion(self, x, maps: dict[str, jax.Array], occ_ref, clean, *, seed_parts: tuple) -> dict[str, jax.Array]:
         """Δcos of every method's top-p% mask and of matched random masks, per fill and percent."""
@@ -266,21 +294,26 @@ class ModelWorker:
             if w == cfg.weightings[0]:
                 rows.add(schema.AREA, post["area"], k)
 
-    def explain(self, faces: Sequence[FaceInput], shard_key: str) -> ModelShard:
-        """Embeddings, maps, region statistics, baselines and occlusion for the shard's faces."""
+    def explain(self, faces: Sequence[FaceInput], shard_key: str, gallery: Gallery | None = None) -> ModelShard:
+        """Embeddings, maps, region statistics, baselines and occlusion for the shard's faces
+        (``gallery``: the run's, for the gallery targets)."""
         x = np.stack([f.crops[self.template] for f in faces]).astype(np.float32)
         f2m = np.stack([f.frame_to_model[self.template] for f in faces]).astype(np.float32)
         labels = np.stack([f.labels for f in faces]).astype(np.int32)
+        persons = [f.person for f in faces]
         emb = self.embed(x)
-        refs = self.references(emb, [f.person for f in faces])
+        refs = self.references(emb, persons)
+        ids, g = self.gallery_inputs(persons, gallery)
         has_ref = np.sum(refs * refs, axis=-1) > 0
         occ_ref = np.where(has_ref[:, None], refs, np.asarray(core.l2_normalize(jnp.asarray(emb)))).astype(np.float32)
         rows = _Rows()
-        for i, k, (xb, rb, eb, ob, f2mb, lb) in self.batches(x, refs, emb, occ_ref, f2m, labels):
-            maps = self.leam(xb, rb)
+        id_rows = np.zeros(len(x), np.int32) if ids is None else ids
+        for i, k, (xb, rb, eb, ob, f2mb, lb, ib) in self.batches(x, refs, emb, occ_ref, f2m, labels, id_rows):
+            ib = None if ids is None else ib
+            maps = self.leam(xb, rb, ib, g)
             self._post_batch(rows, maps, f2mb, lb, k)
             if self.config.occlusion:
-                overall = {w: lm.overall for w, lm in maps.items()} | self.baselines(xb, rb)
+                overall = {w: lm.overall for w, lm in maps.items()} | self.baselines(xb, rb, ib, g)
                 for key, d in self.occlusion(xb, overall, ob, eb, seed_parts=(shard_key, i)).items():
                     rows.add(key, d, k)
         out = rows.arrays()
@@ -303,10 +336,18 @@ class ModelWorker:
         return np.concatenate(out)
 
 
+def embed_shard(workers: Sequence[ModelWorker], faces: Sequence[FaceInput]) -> dict[str, np.ndarray]:
+    """The embedding pass: every model's embeddings of the shard's faces (forward only)."""
+    return {schema.per_model("emb", wk.name): wk.embed(np.stack([f.crops[wk.template] for f in faces])
+                                                        .astype(np.float32)).astype(np.float32)
+            for wk in workers}
+
+
 def compute_shard(workers: Sequence[ModelWorker], faces: Sequence[FaceInput], shard_key: str,
-                  config: ComputeConfig) -> dict[str, np.ndarray]:
+                  config: ComputeConfig, galleries: dict[str, Gallery] | None = None) -> dict[str, np.ndarray]:
     """All models on one shard, then the A x B transfer matrix: the arrays to store."""
-    shards = {wk.name: wk.explain(faces, shard_key) for wk in workers}
+    galleries = galleries or {}
+    shards = {wk.name: wk.explain(faces, shard_key, galleries.get(wk.name)) for wk in workers}
     out = {k: v for ms in shards.values() for k, v in ms.stored.items()}
     if config.transfer_percent <= 0 or not config.occlusion_fills:
         return out
@@ -337,30 +378,44 @@ class SetMaps:
     taps: tuple[str, ...]
 
 
-def set_worker(model, *, weighting: str = "gradcam", batch_size: int = 32, taps=None, target: str = "identity",
-               fill: str = stats.DEFAULT_FILL, percent: float = 1.0, seeds: int = 5, seed: int = 0) -> ModelWorker:
-    """A :class:`ModelWorker` for one weighting, fill and occlusion percent over an in-memory set
-    of model inputs (no face pipeline)."""
-    cfg = ComputeConfig(weightings=(weighting,), target=target, top_percents=(1.0,), occlusion_percents=(percent,),
+def set_worker(model, *, weighting: str | Sequence[str] = "gradcam", batch_size: int = 32, taps=None,
+               target: str = "identity", fill: str = stats.DEFAULT_FILL, percent: float = 1.0, seeds: int = 5,
+               seed: int = 0, temperature: float = core.DEFAULT_TEMPERATURE) -> ModelWorker:
+    """A :class:`ModelWorker` for one (or several) weightings, one fill and occlusion percent over an
+    in-memory set of model inputs (no face pipeline)."""
+    weightings = (weighting,) if isinstance(weighting, str) else tuple(weighting)
+    cfg = ComputeConfig(weightings=weightings, target=target, top_percents=(1.0,), occlusion_percents=(percent,),
                         occlusion_fills=(fill,), random_seeds=seeds, transfer_percent=0.0, batch_size=batch_size,
-                        seed=seed)
+                        seed=seed, temperature=temperature)
     return ModelWorker(model, template="", taps=taps or model.taps, config=cfg)
 
 
-def explain_set(worker: ModelWorker, images: np.ndarray, persons: Sequence[str]) -> SetMaps:
-    """The worker's (first) weighting over N model inputs, references leave-one-out over the set."""
+def explain_set_all(worker: ModelWorker, images: np.ndarray, persons: Sequence[str], *,
+                    params=None) -> dict[str, SetMaps]:
+    """Every weighting of the worker over N model inputs: references leave-one-out over the set and,
+    for the gallery targets, the set's own gallery. ``params``: other weights of the same structure
+    (references and gallery then come from their embeddings too)."""
     x = np.asarray(images, np.float32)
-    emb = worker.embed(x)
+    emb = worker.embed(x, params)
     refs = worker.references(emb, persons)
-    w = worker.config.weightings[0]
-    rows, taps = _Rows(), worker.taps
-    for _, k, (xb, rb) in worker.batches(x, refs):
-        lm = worker.leam(xb, rb)[w]
-        taps = lm.taps
-        for name in ("overall", "per_layer", "flags", "overall_flags", "used_self"):
-            rows.add(name, getattr(lm, name), k)
-    a = rows.arrays()
-    return SetMaps(a["overall"], a["per_layer"], a["flags"], a["overall_flags"], emb, refs, a["used_self"], taps)
+    gallery = Gallery.from_embeddings(emb, persons) if worker.config.target in core.GALLERY_TARGETS else None
+    ids, g = worker.gallery_inputs(persons, gallery)
+    rows, taps = {w: _Rows() for w in worker.config.weightings}, worker.taps
+    for _, k, (xb, rb, ib) in worker.batches(x, refs, np.zeros(len(x), np.int32) if ids is None else ids):
+        for w, lm in worker.leam(xb, rb, None if ids is None else ib, g, params).items():
+            taps = lm.taps
+            for name in ("overall", "per_layer", "flags", "overall_flags", "used_self"):
+                rows[w].add(name, getattr(lm, name), k)
+    out = {}
+    for w, r in rows.items():
+        a = r.arrays()
+        out[w] = SetMaps(a["overall"], a["per_layer"], a["flags"], a["overall_flags"], emb, refs, a["used_self"], taps)
+    return out
+
+
+def explain_set(worker: ModelWorker, images: np.ndarray, persons: Sequence[str]) -> SetMaps:
+    """The worker's first weighting over N model inputs (see :func:`explain_set_all`)."""
+    return explain_set_all(worker, images, persons)[worker.config.weightings[0]]
 
 
 def occlusion_comparison(worker: ModelWorker, images: np.ndarray, maps: np.ndarray,

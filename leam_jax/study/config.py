@@ -16,7 +16,8 @@ from leam_jax.study.compute import ComputeConfig
 
 # The real models that verify (benchmarks/zoo_verification.py); the default of --models.
 DEFAULT_MODELS = ("dlib_resnet", "faceres", "faceres_deep", "mobileface")
-SWEEP_TARGETS = ("identity", "self")  # pair and contrast need a partner per image: API only
+# pair and contrast need a partner per image: API only. The gallery targets add an embedding pass.
+SWEEP_TARGETS = ("identity", "self", "population", "identification")
 
 
 def _opt(default, help: str, *, flag: str | None = "", choices: tuple[str, ...] | None = None):
@@ -39,9 +40,12 @@ class StudyConfig:
                          "to the whole chip.")
     output_dir: Path = _opt(Path("runs/default"), "Where shards, tables/, figures/, report.html, summary.json and "
                             "failures.csv go.")
-    target: str = _opt("identity", "Score explained: identity = cosine to the leave-one-out mean of the person's "
-                       "other faces (self for a person with one face); self = the embedding's length along its own "
-                       "direction.", choices=SWEEP_TARGETS)
+    target: str = _opt("identity", "Score explained (LEAM_SPEC section 1): identity = cosine to the leave-one-out "
+                       "mean of the person's other faces; population = that minus the cosine to the mean of the other "
+                       "people's references; identification = log-softmax over every person's reference; self = the "
+                       "embedding's length along its own direction (and the fallback for a person with one face).",
+                       choices=SWEEP_TARGETS)
+    temperature: float = _opt(core.DEFAULT_TEMPERATURE, "identification's softmax temperature over cosines.")
     weightings: tuple[str, ...] = _opt(core.WEIGHTINGS, f"Layer weightings to run, any of {list(core.WEIGHTINGS)}; "
                                        "every table reports each side by side.", flag="weighting")
     taps: tuple[str, ...] = _opt((), "Layers to use: tap names (for every model that has them) or model/tap. "
@@ -56,6 +60,12 @@ class StudyConfig:
     occlusion_percents: tuple[float, ...] = _opt((0.5, 1.0, 2.0, 5.0, 10.0), "Percents of pixels occluded (LEAM top "
                                                  "pixels, the baselines' top pixels, random pixels).")
     random_seeds: int = _opt(3, "Random-pixel draws averaged for the matched random baseline.")
+    sanity_faces: int = _opt(24, "Faces (whole people, seeded) for the cascading model-parameter randomisation "
+                             "check; 0: skip it.")
+    sanity_steps: int = _opt(8, "At most this many cascade steps (top k layers randomised; always 1, half, all).")
+    pairs_within: str = _opt("auto", "Manifest column whose values group the same-person statistics' pairs (e.g. the "
+                             "source set, so image style does not pass for identity). auto: the first of "
+                             "source_repo, source, dataset, set that exists; none: all pairs.")
     transfer_percent: float = _opt(1.0, "Percent of top pixels of model A occluded on model B (A x B matrix); "
                                    "0: no transfer matrix.")
     batch_size: int = _opt(32, "Fixed batch shape (a multiple of the device count); the last batch is padded and "
@@ -69,6 +79,9 @@ class StudyConfig:
                                "(0: one per CPU core).")
     prefetch: int = _opt(1, "Shards prepared ahead of the one on the device.")
     report: bool = _opt(True, "Write figures/ and report.html at the end.")
+    report_people: int = _opt(12, "People with a section of their own in the report (most images first).")
+    report_faces: bool = _opt(False, "Draw per-person maps over the person's aligned face (re-read from the input "
+                              "image at report time). Off by default: face pixels stay out of the report.")
     coordinator_address: str | None = _opt(None, "Multi-host: jax.distributed coordinator host:port. Each process "
                                            "takes every num_processes-th shard; process 0 merges and writes the tables.")
     num_processes: int = _opt(1, "Multi-host: number of processes.")
@@ -86,7 +99,7 @@ class StudyConfig:
         if not self.weightings:
             raise ValueError("--weighting: give at least one weighting")
         if self.target not in SWEEP_TARGETS:
-            raise ValueError(f"--target must be identity or self for a sweep (pair/contrast: use the API), "
+            raise ValueError(f"--target must be one of {SWEEP_TARGETS} for a sweep (pair/contrast: use the API), "
                              f"got {self.target!r}")
         for name, values in (("top_percent", self.top_percents), ("occlusion_percents", self.occlusion_percents)):
             bad = [p for p in values if not 0 < p <= 100]
@@ -94,7 +107,12 @@ class StudyConfig:
                 raise ValueError(f"--{name}: percents must be in (0, 100], got {list(values)}")
         if not 0 <= self.transfer_percent <= 100:
             raise ValueError(f"--transfer_percent must be in [0, 100], got {self.transfer_percent}")
-        for name in ("batch_size", "shard_size", "random_seeds", "num_processes"):
+        if not self.temperature > 0:
+            raise ValueError(f"--temperature must be positive, got {self.temperature}")
+        for name in ("sanity_faces", "report_people"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be at least 0, got {getattr(self, name)}")
+        for name in ("batch_size", "shard_size", "random_seeds", "num_processes", "sanity_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.process_index < self.num_processes:
@@ -108,4 +126,4 @@ class StudyConfig:
             weightings=tuple(self.weightings), target=self.target, top_percents=tuple(self.top_percents),
             occlusion_percents=tuple(self.occlusion_percents), occlusion_fills=tuple(self.occlusion_fills),
             random_seeds=self.random_seeds, transfer_percent=self.transfer_percent, batch_size=self.batch_size,
-            seed=self.seed)
+            seed=self.seed, temperature=self.temperature)

@@ -565,3 +565,90 @@ def transfer_heatmap(rows: Sequence[Mapping[str, str]], path: str | Path, *, mod
     fig.colorbar(image, ax=ax, shrink=0.8, label="Δcos")
     ax.set_title(f"Mask transfer, top {pct:g}%\n(weighting {text(weighting)}, fill {text(fill)})")
     return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------
+# 7. Validity: person-specificity per layer, the randomisation cascade.
+
+
+@_styled
+def specificity_layers(rows: Sequence[Mapping[str, str]], path: str | Path, *, models: Sequence[str],
+                       weightings: Sequence[str], sparsity: str = "full") -> Path:
+    """AUC (same vs different person) of each layer's maps in tap order, one panel per model, one line per
+    weighting; the overall map's AUC as a marker at the right. Pairs: within a source set if the table has
+    such rows, else all pairs."""
+    scope = next((r["pairs"] for r in rows if r["pairs"] != "all"), "all")
+    rows = [r for r in rows if r["pairs"] == scope and r["sparsity"] == sparsity]
+    shown = [m for m in models if any(r["model"] == m for r in rows)]
+    if not shown:
+        raise NoData("specificity.csv has no rows for the listed models")
+    fig = _new_figure(max(7.0, 3.6 * len(shown)), 3.6)
+    axes = fig.subplots(1, len(shown), squeeze=False, sharey=True)[0]
+    for ax, model in zip(axes, shown):
+        for k, w in enumerate(weightings):
+            sel = [r for r in rows if r["model"] == model and r["weighting"] == w]
+            layers = [r for r in sel if r["layer"] != "overall"]
+            overall = [r for r in sel if r["layer"] == "overall"]
+            colour = OKABE_ITO[k % len(OKABE_ITO)]
+            x = np.arange(len(layers))
+            ax.plot(x, [number(r["auc"]) for r in layers], color=colour, marker="o", markersize=3, label=text(w))
+            if overall:
+                ax.plot([len(layers) + 0.5], [number(overall[0]["auc"])], color=colour, marker="D", markersize=6)
+            ax.set_xticks(list(x) + [len(layers) + 0.5], [text(r["layer"]) for r in layers] + ["overall"],
+                          rotation=90, fontsize=7)
+        ax.axhline(0.5, color="#999999", linewidth=0.8, linestyle="--")
+        ax.grid(color="#E5E5E5", linewidth=0.6)
+        ax.set_title(text(model))
+    axes[0].set_ylabel("AUC, same vs different person")
+    axes[0].legend(loc="best", fontsize=8)
+    fig.suptitle(f"Person-specificity per layer ({text(sparsity)} maps, pairs: {text(scope)}); dashed: chance")
+    return _save(fig, path)
+
+
+def _cascade_curve(ax, rows: Sequence[Mapping[str, str]], model: str, weightings: Sequence[str]) -> None:
+    for k, w in enumerate(weightings):
+        sel = sorted((r for r in rows if r["model"] == model and r["weighting"] == w), key=lambda r: number(r["step"]))
+        if not sel:
+            continue
+        x = [0.0] + [number(r["fraction_randomised"]) for r in sel]
+        mean = [1.0] + [number(r["spearman_mean"]) for r in sel]
+        lo = [1.0] + [number(r["spearman_ci_low"]) for r in sel]
+        hi = [1.0] + [number(r["spearman_ci_high"]) for r in sel]
+        colour = OKABE_ITO[k % len(OKABE_ITO)]
+        ax.plot(x, mean, color=colour, marker="o", markersize=3, label=text(w))
+        ax.fill_between(x, lo, hi, color=colour, alpha=0.15, linewidth=0)
+    ax.axhline(0.3, color="#999999", linewidth=0.8, linestyle="--")
+    ax.set_xlabel("fraction of layers randomised (from the top)")
+    ax.set_ylabel("Spearman to trained maps")
+    ax.set_ylim(-0.2, 1.05)
+    ax.grid(color="#E5E5E5", linewidth=0.6)
+    ax.set_title(text(model))
+    ax.legend(loc="lower left", fontsize=7)
+
+
+@_styled
+def sanity_cascade(rows: Sequence[Mapping[str, str]], arrays: Mapping[str, np.ndarray], path: str | Path, *,
+                   models: Sequence[str], weightings: Sequence[str]) -> Path:
+    """Per model (rows): the Spearman curve over the cascade, then one face's overall maps at each step
+    (trained first) for the first weighting."""
+    shown = [m for m in models if any(r["model"] == m for r in rows)]
+    if not shown:
+        raise NoData("sanity.csv has no rows (the randomisation check did not run)")
+    w0 = weightings[0]
+    steps = {m: arrays.get(f"sanity_steps/{m}") for m in shown}
+    ncols = 1 + max(len(s) + 1 if s is not None else 1 for s in steps.values())
+    fig = _new_figure(2.9 + 1.25 * (ncols - 1), 2.6 * len(shown) + 0.6)
+    grid = fig.add_gridspec(len(shown), ncols, width_ratios=[2.4] + [1.0] * (ncols - 1))
+    for i, m in enumerate(shown):
+        _cascade_curve(fig.add_subplot(grid[i, 0]), rows, m, weightings)
+        maps = arrays.get(f"sanity/{m}/{w0}/maps")
+        if maps is None or steps[m] is None:
+            continue
+        labels = ["trained"] + [f"top {int(k)}" for k in steps[m]]
+        for j, label in enumerate(labels):
+            ax = fig.add_subplot(grid[i, 1 + j])
+            ax.imshow(np.asarray(maps[0, j], np.float32), cmap=MAP_CMAP, extent=(0, 1, 1, 0), interpolation="bilinear")
+            _image_axes(ax)
+            ax.set_title(label, fontsize=8)
+    fig.suptitle(f"Cascading randomisation; maps: {text(w0)}, one face, each step's own colour scale")
+    return _save(fig, path)

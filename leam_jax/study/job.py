@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -11,11 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import jax
+import numpy as np
 
 from leam_jax import core, models, weights
 from leam_jax.face.pipeline import TEMPLATES
-from leam_jax.study import inputs, sweep, tables
-from leam_jax.study.compute import ModelWorker, compute_shard
+from leam_jax.study import inputs, people, randomisation, schema, sweep, tables
+from leam_jax.study.compute import Gallery, ModelWorker, compute_shard, embed_shard
 from leam_jax.study.config import StudyConfig
 from leam_jax.study.loader import Loader
 
@@ -59,6 +61,15 @@ def _check_models(config: StudyConfig) -> dict[str, models.ModelSpec]:
     return specs
 
 
+def _check_pairs_column(config: StudyConfig, sources) -> None:
+    """--pairs_within names a column the inputs have (auto and none always do)."""
+    if config.pairs_within in ("auto", "none"):
+        return
+    columns = {k for s in sources for k, _ in s.attrs}
+    if config.pairs_within not in columns:
+        raise ValueError(f"--pairs_within={config.pairs_within}: no such manifest column (columns: {sorted(columns)})")
+
+
 def _settings(config: StudyConfig, specs, taps, all_faces: bool, described: str) -> dict:
     """What run.json records and a resume must match (tuples as lists, as JSON stores them)."""
     settings = {
@@ -66,13 +77,15 @@ def _settings(config: StudyConfig, specs, taps, all_faces: bool, described: str)
         "models": list(config.models), "taps": {m: list(t) for m, t in taps.items()},
         "templates": {m: s.template for m, s in specs.items()}, "aligned": config.aligned,
         "all_faces": all_faces, "shard_size": config.shard_size, "inputs": described,
-        "group_by": list(config.group_by),
+        "group_by": list(config.group_by), "sanity_faces": config.sanity_faces,
+        "sanity_steps": config.sanity_steps, "pairs_within": config.pairs_within,
     }
     return json.loads(json.dumps(settings))
 
 
-def _sweep(config: StudyConfig, specs, taps, shards, store, all_faces: bool, mesh) -> int:
-    """Compute this process's missing shards; returns how many."""
+def _sweep(config: StudyConfig, specs, taps, sources, shards, store, all_faces: bool, mesh) -> int:
+    """The embedding pass (gallery targets), this process's missing shards and (process 0) the
+    randomisation check; returns how many shards were computed."""
     compute_cfg = config.compute()
     workers = [ModelWorker(_load(m), template=specs[m].template, taps=taps[m], config=compute_cfg, mesh=mesh)
                for m in config.models]
@@ -82,12 +95,64 @@ def _sweep(config: StudyConfig, specs, taps, shards, store, all_faces: bool, mes
                     aligned=config.aligned, all_faces=all_faces, threads=config.loader_threads,
                     prefetch=config.prefetch)
     try:
-        return sweep.run_shards(
-            shards, store, loader.iterate, lambda faces, key: compute_shard(workers, faces, key, compute_cfg),
+        galleries = None
+        if config.target in core.GALLERY_TARGETS:
+            galleries = _gallery_pass(config, workers, loader, shards, store)
+            if galleries is None:
+                return 0
+        computed = sweep.run_shards(
+            shards, store, loader.iterate,
+            lambda faces, key: compute_shard(workers, faces, key, compute_cfg, galleries),
             process_index=config.process_index, num_processes=config.num_processes,
             progress=sweep.Progress(sum(len(s) for s in shards)), stop_after=config.stop_after_shards)
+        stopped = config.stop_after_shards is not None and _missing(store, len(shards))
+        if config.process_index == 0 and config.sanity_faces and not stopped:
+            _sanity_pass(config, workers, loader, sources, store)
+        return computed
     finally:
         loader.close()
+
+
+def _missing(store: sweep.ShardStore, n_shards: int) -> list[int]:
+    done = store.done()
+    return [i for i in range(n_shards) if sweep.shard_name(i) not in done]
+
+
+def _gallery_pass(config: StudyConfig, workers, loader, shards, store) -> dict[str, Gallery] | None:
+    """Embed every face first (resumable shards of their own, ``shards/embed/``), wait for every
+    process's, then each model's gallery over the whole run (None: stopped early, tests)."""
+    estore = store.stage("embed")
+    sweep.run_shards(shards, estore, loader.iterate, lambda faces, key: embed_shard(workers, faces),
+                     process_index=config.process_index, num_processes=config.num_processes,
+                     progress=sweep.Progress(sum(len(s) for s in shards), label="images (embedding pass)"),
+                     stop_after=config.stop_after_shards)
+    if config.stop_after_shards is not None and _missing(estore, len(shards)):
+        return None
+    sweep.wait_for_all(estore, len(shards), timeout_s=config.wait_timeout_s)
+    return galleries_from_store(estore, len(shards), [wk.name for wk in workers])
+
+
+def galleries_from_store(estore: sweep.ShardStore, n_shards: int, model_names) -> dict[str, Gallery]:
+    """Each model's gallery from the embedding pass's shards."""
+    parts = [estore.load(i) for i in range(n_shards)]
+    persons = np.concatenate([p[schema.meta("person")] for p in parts])
+    out = {}
+    for m in model_names:
+        emb = [p[schema.per_model("emb", m)] for p in parts if schema.per_model("emb", m) in p]
+        out[m] = Gallery.from_embeddings(np.concatenate(emb) if emb else np.zeros((0, 1), np.float32), persons)
+    return out
+
+
+def _sanity_pass(config: StudyConfig, workers, loader, sources, store) -> None:
+    """The randomisation check on a seeded subset of whole people (``shards/sanity.npz``; resumable)."""
+    if "sanity" in store.done():
+        return
+    chosen = randomisation.choose_sources(sources, config.sanity_faces, config.seed)
+    loaded = next(iter(loader.iterate([chosen]))) if chosen else None
+    if loaded is None or not loaded.faces:
+        return
+    arrays = randomisation.sanity_arrays(workers, loaded.faces, seed=config.seed, max_steps=config.sanity_steps)
+    store.write("sanity", arrays, {"faces": len(loaded.faces)})
 
 
 def _load(name: str):
@@ -105,6 +170,7 @@ def run(config: StudyConfig, log: Callable[[str], None] = print) -> dict:
     if config.batch_size % mesh.devices.size:
         raise ValueError(f"--batch_size {config.batch_size} must be a multiple of the {mesh.devices.size} devices")
     sources, described, all_faces = _sources(config)
+    _check_pairs_column(config, sources)
     taps = select_taps({m: s.taps for m, s in specs.items()}, tuple(config.taps))
     settings = _settings(config, specs, taps, all_faces, described)
     shards = sweep.plan_shards(sources, config.shard_size)
@@ -113,11 +179,11 @@ def run(config: StudyConfig, log: Callable[[str], None] = print) -> dict:
     store.open(sweep.fingerprint(settings, shards), resume=config.resume, shared=config.num_processes > 1)
     log(f"leam_jax: {len(sources)} images ({described}) in {len(shards)} shards; models {list(config.models)}; "
         f"weightings {list(config.weightings)}; {mesh.devices.size} device(s)")
-    computed = _sweep(config, specs, taps, shards, store, all_faces, mesh)
+    computed = _sweep(config, specs, taps, sources, shards, store, all_faces, mesh)
     summary = {"config": settings, "output_dir": str(out.resolve()), "images": len(sources),
                "shards": len(shards), "computed_shards_this_run": computed, "models": list(config.models),
                "weightings": list(config.weightings)}
-    if config.stop_after_shards is not None and len(store.done()) < len(shards):
+    if config.stop_after_shards is not None and _missing(store, len(shards)):
         return {**summary, "stopped": True}
     if config.process_index != 0:
         return {**summary, "report": f"process {config.process_index}: shards done; process 0 writes the tables"}
@@ -127,14 +193,17 @@ def run(config: StudyConfig, log: Callable[[str], None] = print) -> dict:
 def _finish(config: StudyConfig, out: Path, store, n_shards: int, settings: dict, summary: dict, t0: float) -> dict:
     """Process 0: wait for every shard, then tables, summary.json and the report."""
     sweep.wait_for_all(store, n_shards, timeout_s=config.wait_timeout_s)
-    summary.update(tables.write_tables(out, [store.load(i) for i in range(n_shards)], settings))
+    sanity = store.load("sanity") if "sanity" in store.done() else None
+    writers = [functools.partial(people.write_people, cap=config.report_people)]
+    summary.update(tables.write_tables(out, [store.load(i) for i in range(n_shards)], settings, sanity=sanity,
+                                       writers=writers))
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     _write_json(out / "summary.json", summary)
     report_path = None
     if config.report:
         from leam_jax.study import report
 
-        report_path = report.write_report(out)
+        report_path = report.write_report(out, faces=config.report_faces)
     summary["report"] = _describe(out, summary, report_path)
     return summary
 
@@ -145,17 +214,25 @@ def _write_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def _num(value: str, spec: str = ".3f") -> str:
+    """A table cell for the console: formatted, or n/a when empty."""
+    return format(float(value), spec) if value else "n/a"
+
+
 def _describe(out: Path, summary: dict, report_path) -> str:
     lines = [f"leam_jax: {summary['faces']} faces of {summary['people']} ids from {summary['images']} images; "
              f"{summary['failures']} rejected (failures.csv)"]
     with open(out / "tables" / "headline.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    lines.append("  model / weighting: BC same vs different (p) | eyes+brows+nose share at top 1% (area) | "
-                 "Δcos top-1% LEAM vs random")
+    lines.append(f"  model / weighting ({rows[0]['target'] if rows else ''} target): person-specificity AUC "
+                 "[95% CI] and Cohen's d (pairs) | Spearman to trained maps, all layers random | "
+                 "critical share at top 1% (area) | Δcos top-1% LEAM vs random")
     for r in rows:
-        lines.append(f"  {r['model']} / {r['weighting']}: {r['bc_same'] or 'n/a'} vs {r['bc_diff'] or 'n/a'} "
-                     f"(p={r['bc_p_value'] or 'n/a'}) | {r['critical_share']} ({r['critical_area_share']}) | "
-                     f"{r['dcos_leam_1']} vs {r['dcos_random_1']}")
+        lines.append(f"  {r['model']} / {r['weighting']}: AUC {_num(r['auc'])} [{_num(r['auc_ci_low'])}, "
+                     f"{_num(r['auc_ci_high'])}] d={_num(r['cohens_d'], '.2f')} ({r['pairs'] or 'no pairs'}) | "
+                     f"{_num(r['spearman_all_random'])} | {_num(r['critical_share'])} "
+                     f"({_num(r['critical_area_share'])}) | {_num(r['dcos_leam_1'], '.4f')} vs "
+                     f"{_num(r['dcos_random_1'], '.4f')}")
     lines.append(f"  tables: {out.resolve() / 'tables'}")
     if report_path is not None:
         lines.append(f"  report: {Path(report_path).resolve()}")

@@ -16,8 +16,6 @@ the page only through :func:`esc`.
 from __future__ import annotations
 
 import base64
-import csv
-import html
 import json
 import math
 from collections import Counter
@@ -28,8 +26,9 @@ import numpy as np
 from absl import app
 
 from leam_jax.face import regions
-from leam_jax.study import figures
+from leam_jax.study import figures, people_report
 from leam_jax.study.figures import NoData, number
+from leam_jax.study.html import esc, fmt, fmt_ci, load_npz, missing, read_csv, section, table
 
 # The paper's numbers (LEAM_SPEC.md section 5): 9 models, 1000 people.
 PAPER_BC_SAME = (0.32, 0.57)
@@ -38,7 +37,6 @@ PAPER_NOSE_SHARE = (0.189, 0.297)  # nose share of the critical (top) pixels
 PAPER_DCOS_LEAM_1 = 0.1148
 PAPER_DCOS_RANDOM_1 = 0.0286
 
-MAX_ROWS = 60  # longer tables are truncated in the page (the CSV has everything)
 NOSE_CLASSES = regions.REGION_GROUPS["nose_all"]
 
 # File name, caption: in page order.
@@ -55,31 +53,18 @@ FIGURES = (
                       "and the baselines (random pixels, input gradient, last layer only), default fill."),
     ("transfer.png", "Drop in cosine similarity at 1% when one model's (row) LEAM mask is occluded in another "
                      "model's (column) input, default fill and first weighting."),
+    ("specificity_layers.png", "Person-specificity per layer: AUC of the BC between two faces' layer maps as a "
+                               "same-person score (0.5: none), full maps, for each weighting; the dot at the right "
+                               "is the overall map. Which layers carry identity rather than a face prior."),
+    ("sanity.png", "Cascading model-parameter randomisation: Spearman rank correlation of the overall maps to the "
+                   "trained model's as the top k layers' weights are redrawn (left, mean and 95% CI over the "
+                   "subset's faces), and one face's maps at each step (right, first weighting). A method that "
+                   "explains the model must change as its weights are destroyed."),
 )
-
-
-def esc(value: object) -> str:
-    """Untrusted text as HTML text or attribute value."""
-    return html.escape(str(value), quote=True)
 
 
 # ---------------------------------------------------------------------------
 # Loading.
-
-
-def read_csv(path: Path) -> list[dict[str, str]] | None:
-    """Rows of a CSV as dicts of strings, or None when the file is absent."""
-    if not path.is_file():
-        return None
-    with path.open(newline="", encoding="utf-8") as f:
-        return [dict(r) for r in csv.DictReader(f)]
-
-
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    if not path.is_file():
-        return {}
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
 
 
 def _split_maps(arrays: Mapping[str, np.ndarray]) -> tuple[dict[tuple[str, str], np.ndarray], dict[str, list[str]]]:
@@ -95,53 +80,6 @@ def _split_maps(arrays: Mapping[str, np.ndarray]) -> tuple[dict[tuple[str, str],
 
 # ---------------------------------------------------------------------------
 # Formatting.
-
-
-def fmt(value: str | float | None, spec: str = ".3f", *, percent: bool = False) -> str:
-    """A number for the page (escaped original when it is not a number; en dash when empty)."""
-    if value is None or value == "":
-        return "–"
-    v = number(value)
-    if math.isnan(v):
-        return esc(value) if isinstance(value, str) and value.strip().lower() != "nan" else "–"
-    return format(v * 100, ".1f") + "%" if percent else format(v, spec)
-
-
-def fmt_ci(mean, low, high, spec: str = ".3f", *, percent: bool = False) -> str:
-    main = fmt(mean, spec, percent=percent)
-    lo, hi = fmt(low, spec, percent=percent), fmt(high, spec, percent=percent)
-    if lo == "–" and hi == "–":
-        return main
-    return f'{main}<br><span class="ci">{lo} – {hi}</span>'
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[str]], *, total: int | None = None, source: str = "",
-          classes: Sequence[str] = (), text_columns: int = 0, compact: bool = False) -> str:
-    """An HTML table; ``header`` is escaped here, cells must already be safe HTML.
-
-    The first ``text_columns`` columns hold labels (left-aligned); the others numbers.
-    """
-    total = len(rows) if total is None else total
-    table_class = ' class="compact"' if compact else ""
-    out = [f'<div class="scroll"><table{table_class}>', "<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead>",
-           "<tbody>"]
-    for i, r in enumerate(rows[:MAX_ROWS]):
-        cls = f' class="{esc(classes[i])}"' if i < len(classes) and classes[i] else ""
-        out.append(f"<tr{cls}>" + "".join(f'<td class="t">{c}</td>' if j < text_columns else f"<td>{c}</td>"
-                                          for j, c in enumerate(r)) + "</tr>")
-    out.append("</tbody></table></div>")
-    shown = min(len(rows), MAX_ROWS)
-    if total > shown:
-        out.append(f'<p class="note">Showing {shown} of {total} rows; the full table is {esc(source)}.</p>')
-    return "\n".join(out)
-
-
-def _section(title: str, body: str) -> str:
-    return f"<section>\n<h2>{esc(title)}</h2>\n{body}\n</section>"
-
-
-def _missing(name: str) -> str:
-    return f'<p class="note">{esc(name)} not found in the output folder.</p>'
 
 
 # ---------------------------------------------------------------------------
@@ -171,7 +109,7 @@ def _summary_part(output_dir: Path, summary: Mapping, failures: list[dict[str, s
     if "config" in summary:
         config = json.dumps(summary["config"], indent=2, ensure_ascii=False, default=str, sort_keys=True)
         body.append(f"<details><summary>Run configuration</summary><pre>{esc(config)}</pre></details>")
-    return _section("Run", "\n".join(body))
+    return section("Run", "\n".join(body))
 
 
 def _groups_part(images: list[dict[str, str]] | None, bc: list[dict[str, str]] | None) -> str:
@@ -192,7 +130,7 @@ def _groups_part(images: list[dict[str, str]] | None, bc: list[dict[str, str]] |
 
 def _headline_part(headline: list[dict[str, str]] | None, shares: list[dict[str, str]] | None) -> str:
     if headline is None:
-        return _section("Headline", _missing("tables/headline.csv"))
+        return section("Headline", missing("tables/headline.csv"))
     nose: dict[tuple[str, str], float] = {}
     for r in shares or []:
         if r.get("group") == "all" and math.isclose(number(r.get("top_percent")), 1.0) and r.get("region") in NOSE_CLASSES:
@@ -220,8 +158,43 @@ def _headline_part(headline: list[dict[str, str]] | None, shares: list[dict[str,
     note = ('<p class="note">Last row: the reference values reported by the paper (LEAM_SPEC.md section 5); the '
             "paper gives ranges over its models. Nose share here sums the nose, nose bridge and nose tip classes "
             "(group all). Δcos uses the default occlusion fill; p is a one-sided permutation test.</p>")
-    return _section("Headline: this run next to the paper",
+    return section("Headline: this run next to the paper",
                     table(header, rows, total=len(rows), classes=[""] * len(headline) + ["paper"], text_columns=2) + note)
+
+
+CRITERIA = (("person_specific", "person-specific (AUC ≥ 0.75)"),
+            ("survives_randomisation", "survives randomisation (Spearman ≤ 0.3, falling)"),
+            ("beats_random_pixels", "beats random pixels (≥ 2x)"),
+            ("critical_region_enriched", "eyes+brows+nose enriched"))
+
+
+def _mark(value: str | None) -> str:
+    return {"1": "yes", "0": '<b class="fail">no</b>'}.get(value or "", "–")
+
+
+def _validity_part(headline: list[dict[str, str]] | None, validity: list[dict[str, str]] | None) -> str:
+    """Effect sizes with intervals and the four validity criteria (LEAM_SPEC section 6), first."""
+    if headline is None or validity is None:
+        return section("Validity", missing("tables/headline.csv or tables/validity.csv"))
+    checks = {(r["model"], r["weighting"]): r for r in validity}
+    header = ["model", "weighting", "target", "AUC same vs different person (95% CI over people)", "Cohen's d",
+              "pairs", "Spearman to trained maps, all layers random", "LEAM / random Δcos at 1%",
+              *[c[1] for c in CRITERIA]]
+    rows = []
+    for r in headline:
+        v = checks.get((r["model"], r["weighting"]), {})
+        rows.append([esc(r["model"]), esc(r["weighting"]), esc(r.get("target", "")),
+                     fmt_ci(r.get("auc"), r.get("auc_ci_low"), r.get("auc_ci_high")), fmt(r.get("cohens_d"), ".2f"),
+                     esc(r.get("pairs", "")), fmt(r.get("spearman_all_random")), fmt(r.get("leam_over_random_1"), ".2f"),
+                     *[_mark(v.get(c[0])) for c in CRITERIA]])
+    note = ('<p class="note">A map is evidence about a person and a model only if it passes these checks. AUC: '
+            "the Bhattacharyya coefficient between two faces' overall maps as a same-person score over all pairs "
+            "(0.5: no person-specific signal; full maps; pairs within one source set where the manifest names "
+            "one, so image style does not pass for identity). Spearman: the maps after every layer's weights are "
+            "redrawn (cascading model-parameter randomisation) against the trained model's. Every sparsity and "
+            "layer is in tables/specificity.csv, every cascade step in tables/sanity.csv.</p>")
+    return section("Validity: is each map evidence about the person and the model?",
+                    table(header, rows, source="tables/validity.csv", text_columns=3) + note)
 
 
 def _figures_part(figure_dir: Path, drawn: Mapping[str, str | None]) -> str:
@@ -235,12 +208,12 @@ def _figures_part(figure_dir: Path, drawn: Mapping[str, str | None]) -> str:
                          f"<figcaption>{esc(caption)}</figcaption></figure>")
         else:
             parts.append(f'<p class="note">Figure {esc(name)} not drawn: {esc(reason or "file missing")}.</p>')
-    return _section("Figures", "\n".join(parts))
+    return section("Figures", "\n".join(parts))
 
 
 def _bc_table(bc: list[dict[str, str]] | None) -> str:
     if bc is None:
-        return _missing("tables/bc.csv")
+        return missing("tables/bc.csv")
     rows = [[esc(r["model"]), esc(r["weighting"]), esc(r["group"]), fmt(r["bc_same_mean"]), fmt(r["bc_diff_mean"]),
              fmt(r["n_same"], ".0f"), fmt(r["n_diff"], ".0f"), fmt(r["p_value"], ".3g")]
             for r in bc if r.get("layer") == "overall"]
@@ -260,7 +233,7 @@ def _pivot(rows: Sequence[Mapping[str, str]], keys: Sequence[str], column: str,
 
 def _shares_table(shares: list[dict[str, str]] | None) -> str:
     if shares is None:
-        return _missing("tables/region_shares.csv")
+        return missing("tables/region_shares.csv")
     top1 = [r for r in shares if math.isclose(number(r.get("top_percent")), 1.0)]
     if not top1:
         return '<p class="note">No rows at top 1% in tables/region_shares.csv.</p>'
@@ -273,7 +246,7 @@ def _shares_table(shares: list[dict[str, str]] | None) -> str:
 
 def _occlusion_table(occlusion: list[dict[str, str]] | None) -> str:
     if occlusion is None:
-        return _missing("tables/occlusion.csv")
+        return missing("tables/occlusion.csv")
     if not occlusion:
         return '<p class="note">tables/occlusion.csv is empty.</p>'
     fill = figures.default_fill([r["fill"] for r in occlusion])
@@ -288,7 +261,7 @@ def _occlusion_table(occlusion: list[dict[str, str]] | None) -> str:
 
 def _transfer_table(transfer: list[dict[str, str]] | None) -> str:
     if transfer is None:
-        return _missing("tables/transfer.csv")
+        return missing("tables/transfer.csv")
     if not transfer:
         return '<p class="note">tables/transfer.csv is empty.</p>'
     columns, rows = _pivot(transfer, ("weighting", "fill", "percent", "source_model"), "target_model",
@@ -300,7 +273,7 @@ def _transfer_table(transfer: list[dict[str, str]] | None) -> str:
 
 def _agreement_table(agreement: list[dict[str, str]] | None) -> str:
     if agreement is None:
-        return _missing("tables/model_agreement.csv")
+        return missing("tables/model_agreement.csv")
     rows = [[esc(r["weighting"]), esc(r["model_a"]), esc(r["model_b"]), fmt(r["bc_mean"]), fmt(r["n"], ".0f")]
             for r in agreement]
     if not rows:
@@ -321,6 +294,7 @@ table{border-collapse:collapse;font-size:.85em;font-variant-numeric:tabular-nums
 th,td{border:1px solid #d0d0d0;padding:.25em .5em;text-align:right;vertical-align:top}
 th{background:#f2f2f2;text-align:center}td.t{text-align:left}
 tbody tr:nth-child(even){background:#fafafa}tr.paper td{background:#fff4e0;font-style:italic;white-space:nowrap}
+b.fail{color:#b00020}
 table.compact{font-size:.75em}table.compact td,table.compact th{padding:.2em .35em}
 .ci{color:#666;font-size:.85em;white-space:nowrap}
 .note{color:#555;font-size:.9em}
@@ -333,8 +307,8 @@ details{margin:.6em 0}pre{background:#f6f6f6;padding:.8em;overflow-x:auto;font-s
 def _draw_figures(output_dir: Path, figure_dir: Path, *, models: list[str], weightings: list[str],
                   tables: Mapping[str, list[dict[str, str]] | None]) -> dict[str, str | None]:
     """Draws every figure; returns file name -> None (drawn) or why it was not drawn."""
-    overall, _ = _split_maps(_load_npz(output_dir / "maps" / "mean_overall.npz"))
-    layers, taps = _split_maps(_load_npz(output_dir / "maps" / "mean_layers.npz"))
+    overall, _ = _split_maps(load_npz(output_dir / "maps" / "mean_overall.npz"))
+    layers, taps = _split_maps(load_npz(output_dir / "maps" / "mean_layers.npz"))
     labels_path = output_dir / "maps" / "mean_labels.npy"
     labels = np.load(labels_path, allow_pickle=False) if labels_path.is_file() else None
     bc_means = {(r["model"], r["weighting"]): (number(r["bc_same_mean"]), number(r["bc_diff_mean"]))
@@ -357,6 +331,10 @@ def _draw_figures(output_dir: Path, figure_dir: Path, *, models: list[str], weig
                                                             weightings=weightings),
         "transfer.png": lambda p: figures.transfer_heatmap(need("transfer"), p, models=models,
                                                            weighting=weightings[0] if weightings else None),
+        "specificity_layers.png": lambda p: figures.specificity_layers(need("specificity"), p, models=models,
+                                                                       weightings=weightings),
+        "sanity.png": lambda p: figures.sanity_cascade(need("sanity"), load_npz(output_dir / "maps" / "sanity.npz"),
+                                                       p, models=models, weightings=weightings),
     }
     drawn: dict[str, str | None] = {}
     for name, job in jobs.items():
@@ -370,15 +348,16 @@ def _draw_figures(output_dir: Path, figure_dir: Path, *, models: list[str], weig
     return drawn
 
 
-def write_report(output_dir: str | Path) -> Path:
-    """Draws ``output_dir/figures/*.png`` and writes ``output_dir/report.html``; returns the report's path."""
+def write_report(output_dir: str | Path, *, faces: bool = False) -> Path:
+    """Draws ``output_dir/figures/*.png`` and writes ``output_dir/report.html``; returns the report's path.
+    ``faces``: draw per-person maps over each shown person's aligned face (``--report_faces``)."""
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         raise FileNotFoundError(f"no study output folder at {output_dir}")
     summary_path = output_dir / "summary.json"
     summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
     names = ("images", "region_shares", "bc", "bc_pairs", "layer_diversity", "model_agreement", "occlusion",
-             "transfer", "headline")
+             "transfer", "headline", "validity", "specificity", "sanity", "deletion")
     tables = {n: read_csv(output_dir / "tables" / f"{n}.csv") for n in names}
     failures = read_csv(output_dir / "failures.csv")
     headline = tables["headline"] or []
@@ -402,9 +381,11 @@ def write_report(output_dir: str | Path) -> Path:
         "model relies on, layer by layer and overall, in a common 256x256 analysis frame.</p>",
         _summary_part(output_dir, summary, failures, models, weightings),
         _groups_part(tables["images"], tables.get("bc")),
+        _validity_part(tables["headline"], tables["validity"]),
         _headline_part(tables["headline"], tables["region_shares"]),
         _figures_part(figure_dir, drawn),
-        _section("Tables", "\n".join([
+        people_report.people_section(output_dir, figure_dir, faces=faces),
+        section("Tables", "\n".join([
             "<h3>Map similarity, overall maps (BC)</h3>", _bc_table(tables["bc"]),
             "<h3>Region shares at top 1%</h3>", _shares_table(tables["region_shares"]),
             "<h3>Occlusion</h3>", _occlusion_table(tables["occlusion"]),

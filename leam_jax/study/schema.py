@@ -22,6 +22,16 @@ key                                    array
 ``overall_sum/{m}/{w}``                [F, F] per-shard sum (summed over shards)
 ``layers_sum/{m}/{w}``                 [L, 64, 64] per-shard sum (summed)
 =====================================  =========================================
+
+Two other passes write files of their own: the embedding pass of the gallery
+targets (``shards/embed/NNNNN.npz``: ``emb/{m}`` and ``meta/person``, same
+shards) and the randomisation check (``shards/sanity.npz``):
+
+=====================================  =========================================
+``sanity/{m}/{w}/spearman|bc``         [K, n] each cascade step's map vs trained
+``sanity/{m}/{w}/maps``                [f, 1 + K, 64, 64] float16 (figure)
+``sanity_steps/{m}``, ``sanity_taps``  [K] layers randomised per step, [L] taps
+=====================================  =========================================
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ BASELINES = ("input_gradient", "last_layer", "random")
 _PER_MODEL = ("emb", "has_ref")
 _PER_MAP = ("overall", "layers", "flags", "overall_flags", "share", "mass")
 _SUMMED = ("overall_sum", "layers_sum")
+SANITY = ("spearman", "bc", "maps")
 
 
 def meta(field: str) -> str:
@@ -61,6 +72,20 @@ def per_map(kind: str, model: str, weighting: str) -> str:
     if kind not in _PER_MAP + _SUMMED:
         raise ValueError(f"unknown map kind {kind!r}")
     return f"{kind}/{model}/{weighting}"
+
+
+def sanity(model: str, weighting: str, kind: str) -> str:
+    if kind not in SANITY:
+        raise ValueError(f"unknown sanity kind {kind!r}")
+    return f"sanity/{model}/{weighting}/{kind}"
+
+
+def sanity_steps(model: str) -> str:
+    return f"sanity_steps/{model}"
+
+
+def sanity_taps(model: str) -> str:
+    return f"sanity_taps/{model}"
 
 
 def percent_label(percent: float) -> str:
@@ -90,7 +115,7 @@ class Key:
 
 
 _ARITY = {"meta": 1, "fail": 1, AREA: 0, **{k: 1 for k in _PER_MODEL}, **{k: 2 for k in _PER_MAP + _SUMMED},
-          "occ": 4, "transfer": 3}
+          "occ": 4, "transfer": 3, "sanity": 3, "sanity_steps": 1, "sanity_taps": 1}
 
 
 def parse(key: str) -> Key:

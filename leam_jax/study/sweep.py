@@ -80,13 +80,20 @@ def shard_name(index: int) -> str:
 
 
 class ShardStore:
-    """Shard files and the per-process manifests of an output folder."""
+    """Shard files and the per-process manifests of an output folder (``stage``: a pass of the
+    sweep with shards of its own, e.g. the embedding pass, in ``shards/<stage>/``)."""
 
-    def __init__(self, out_dir: Path, *, process_index: int = 0):
+    def __init__(self, out_dir: Path, *, process_index: int = 0, stage: str = ""):
         self.out_dir = Path(out_dir)
-        self.dir = self.out_dir / SHARD_DIR
+        self.dir = self.out_dir / SHARD_DIR / stage if stage else self.out_dir / SHARD_DIR
         self.process_index = process_index
         self._manifest_path = self.dir / f"done.p{process_index}.json"
+
+    def stage(self, name: str) -> ShardStore:
+        """The store of another pass of the same run (created if missing)."""
+        store = ShardStore(self.out_dir, process_index=self.process_index, stage=name)
+        store.dir.mkdir(parents=True, exist_ok=True)
+        return store
 
     def open(self, fp: dict, *, resume: bool, shared: bool = False) -> None:
         """Create the folder for this run, or check that it holds the same run (``resume``;
@@ -116,18 +123,20 @@ class ShardStore:
                     out[name] = rec
         return out
 
-    def write(self, index: int, arrays: dict[str, np.ndarray], record: dict) -> None:
+    def write(self, index: int | str, arrays: dict[str, np.ndarray], record: dict) -> None:
+        """Write shard ``index`` (or a named result such as ``sanity``) and record it as done."""
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
-        name = shard_name(index)
+        name = index if isinstance(index, str) else shard_name(index)
         path = self.dir / f"{name}.npz"
         _write_atomic(path, buf.getvalue())
         mine = json.loads(self._manifest_path.read_text()) if self._manifest_path.exists() else {}
         mine[name] = {**record, "sha256": _sha256(path)}
         _write_atomic(self._manifest_path, (json.dumps(mine, indent=1, sort_keys=True) + "\n").encode())
 
-    def load(self, index: int) -> dict[str, np.ndarray]:
-        with np.load(self.dir / f"{shard_name(index)}.npz", allow_pickle=False) as z:
+    def load(self, index: int | str) -> dict[str, np.ndarray]:
+        name = index if isinstance(index, str) else shard_name(index)
+        with np.load(self.dir / f"{name}.npz", allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
 
 
@@ -137,6 +146,7 @@ class Progress:
 
     total: int
     stream: object = sys.stderr
+    label: str = "images"
     done: int = 0
     _t0: float = dataclasses.field(default_factory=time.perf_counter)
     _counted: int = 0  # images done in this process (the rate excludes resumed work)
@@ -153,7 +163,7 @@ class Progress:
         eta = "?" if left != left else f"{int(left // 60)}m{int(left % 60):02d}s"
         width = 30
         fill = int(width * self.done / max(self.total, 1))
-        line = (f"[{'#' * fill}{'.' * (width - fill)}] {self.done}/{self.total} images "
+        line = (f"[{'#' * fill}{'.' * (width - fill)}] {self.done}/{self.total} {self.label} "
                 f"{rate:.1f} img/s ETA {eta} {note}")
         tty = getattr(self.stream, "isatty", lambda: False)()
         print(("\r" + line) if tty else line, end="" if tty else "\n", file=self.stream, flush=True)
@@ -215,7 +225,7 @@ def _meta_arrays(loaded) -> dict[str, np.ndarray]:
 
 
 def wait_for_all(store: ShardStore, n_shards: int, *, timeout_s: float, poll_s: float = 5.0) -> None:
-    """Process 0 of a multi-host run waits until every shard is recorded."""
+    """Wait until every shard of ``store`` is recorded (by any process of a multi-host run)."""
     t0 = time.perf_counter()
     while True:
         missing = [i for i in range(n_shards) if shard_name(i) not in store.done()]

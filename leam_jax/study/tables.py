@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import json
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -37,6 +39,17 @@ _C = {c: i for i, c in enumerate(CLASSES)}
 # Every class but background, then the groups of classes (nose_all, eyes_brows_nose, ...).
 REGIONS = {**{c: (c,) for c in CLASSES if c != "background"}, **regions.REGION_GROUPS}
 METHODS = ("leam", "input_gradient", "last_layer", "random")
+SPARSITIES = (None, 1.0, 5.0, 10.0, 20.0)  # person-specificity at full maps and top-p% (LEAM_SPEC section 6)
+# Person-bootstrap draws of the specificity AUC and d (each draw is O(pairs): ~7 ms at 466 faces on 2
+# cores): N_BOOTSTRAP for the overall map at the headline sparsity, fewer elsewhere, and the per-layer
+# rows away from full maps give the point estimates only (empty intervals).
+N_OTHER_DRAWS = 200
+PAIRS_WITHIN_AUTO = ("source_repo", "source", "dataset", "set")  # --pairs_within=auto looks for these
+# The validity criteria (LEAM_SPEC section 6) a default must meet, fixed before any measurement.
+MIN_AUC = 0.75
+MAX_RANDOM_SPEARMAN = 0.3
+MIN_OCCLUSION_RATIO = 2.0
+HEADLINE_SPARSITY = "full"  # the sparsity of the headline's person-specificity (fixed; every one is in specificity.csv)
 
 
 @dataclasses.dataclass
@@ -93,12 +106,15 @@ class Study:
     seed: int
     transfer_percent: float
     group_by: tuple[str, ...] = ()
+    pairs_within: str = "none"
+    target: str = "identity"
 
     @classmethod
     def from_settings(cls, s: dict) -> Study:
         return cls(tuple(s["models"]), tuple(s["weightings"]), tuple(float(p) for p in s["top_percents"]),
                    tuple(float(p) for p in s["occlusion_percents"]), tuple(s["occlusion_fills"]), s["taps"],
-                   int(s["seed"]), float(s["transfer_percent"]), tuple(s.get("group_by") or ()))
+                   int(s["seed"]), float(s["transfer_percent"]), tuple(s.get("group_by") or ()),
+                   s.get("pairs_within", "none"), s.get("target", "identity"))
 
     @property
     def fill0(self) -> str:
@@ -299,6 +315,132 @@ def bc_rows(col: Collected, study: Study, grouped) -> tuple[list[list], list[lis
     return out, pairs
 
 
+def pairs_column(col: Collected, study: Study) -> str | None:
+    """The manifest column same-person statistics also take pairs within (``--pairs_within``)."""
+    names = attribute_names(col)
+    if study.pairs_within == "none":
+        return None
+    if study.pairs_within == "auto":
+        return next((c for c in PAIRS_WITHIN_AUTO if c in names), None)
+    return study.pairs_within if study.pairs_within in names else None
+
+
+def pair_scopes(col: Collected, study: Study, rows: np.ndarray) -> list[tuple[str, np.ndarray | None]]:
+    """("all", None) and, with a pairs column, ("within <column>", [n, n] same-value mask) over ``rows``."""
+    column = pairs_column(col, study)
+    if column is None:
+        return [("all", None)]
+    values = np.array([col.attrs[i].get(column, "") for i in rows])
+    return [("all", None), (f"within {column}", values[:, None] == values[None, :])]
+
+
+@functools.cache
+def _compiled(fn, static: tuple[str, ...]):
+    """``core.jit(fn)``, compiled once per function: looked up at call time, so the tables follow ``stats``."""
+    return core.jit(fn, static_argnames=static)
+
+
+def specificity(values: np.ndarray, persons: np.ndarray, valid: np.ndarray, seed: int, *, draws: int,
+                pair_mask: np.ndarray | None = None) -> list[float]:
+    """AUC of a pairwise matrix as a same-person score with its bootstrap interval over people, Cohen's d
+    with its interval, the same/different means and pair counts (``stats.person_specificity``)."""
+    run = _compiled(stats.person_specificity, ("num_draws", "chunk", "level"))
+    r = run(jnp.asarray(values), jnp.asarray(dense_ids(persons)), key=jax.random.PRNGKey(seed),
+                     num_draws=draws, valid=jnp.asarray(valid),
+                     pair_mask=None if pair_mask is None else jnp.asarray(pair_mask))
+    return [float(r.auc), float(r.auc_low), float(r.auc_high), float(r.d), float(r.d_low), float(r.d_high),
+            float(r.mean_same), float(r.mean_diff), int(r.n_same), int(r.n_diff)]
+
+
+def _sparsity_label(percent: float | None) -> str:
+    return "full" if percent is None else schema.percent_label(percent)
+
+
+def _draws(layer: str, sparsity: str) -> int:
+    """Bootstrap draws of a specificity row (0: point estimate only)."""
+    if sparsity == HEADLINE_SPARSITY:
+        return N_BOOTSTRAP if layer == "overall" else N_OTHER_DRAWS
+    return N_OTHER_DRAWS if layer == "overall" else 0
+
+
+def _specificity_of(maps: np.ndarray, valid: np.ndarray, col: Collected, rows: np.ndarray, study: Study,
+                    scopes, layer: str) -> list[list]:
+    """[layer, sparsity, scope, *specificity] rows of one set of maps [n, H, W] (flagged maps: ``valid``
+    False; shapes stay fixed so one compiled program serves every layer)."""
+    out = []
+    for sp in SPARSITIES:
+        bc = np.asarray(stats.bc_matrix(jnp.asarray(normalised(maps)), top_percent=sp))
+        label = _sparsity_label(sp)
+        draws = _draws(layer, label)
+        for scope, mask in scopes:
+            r = specificity(bc, col.person[rows], valid, study.seed, draws=max(draws, 1), pair_mask=mask)
+            if not draws:
+                r[1:3] = r[4:6] = [float("nan")] * 2
+            out.append([layer, label, scope, *r])
+    return out
+
+
+def specificity_rows(col: Collected, study: Study) -> list[list]:
+    """specificity.csv: is a map person-specific? Per model, weighting, layer (overall first), sparsity
+    and pair scope: AUC of BC as a same-person score and Cohen's d, with bootstrap intervals over people."""
+    rows = _subset_for_bc(col.person, study.seed) if len(col.path) else np.zeros(0, int)
+    out: list[list] = []
+    if len(rows) < 2:
+        return out
+    scopes = pair_scopes(col, study, rows)
+    for m, w in study.pairs(col):
+        valid = ~col.arrays[schema.per_map("overall_flags", m, w)][rows]
+        overall = col.arrays[schema.per_map("overall", m, w)][rows]
+        out += [[m, w, *r] for r in _specificity_of(overall, valid, col, rows, study, scopes, "overall")]
+        layers, flags = col.arrays[schema.per_map("layers", m, w)], col.arrays[schema.per_map("flags", m, w)]
+        for li, tap in enumerate(study.taps[m]):
+            out += [[m, w, *r] for r in _specificity_of(layers[rows, li], ~flags[rows, li], col, rows, study,
+                                                         scopes, tap)]
+    return out
+
+
+def sanity_rows(sanity: dict[str, np.ndarray] | None, study: Study) -> list[list]:
+    """sanity.csv: each cascade step's maps against the trained model's (Spearman and BC, mean over the
+    subset's faces with a bootstrap interval)."""
+    out: list[list] = []
+    if sanity is None:
+        return out
+    for m in study.models:
+        steps, taps = sanity.get(schema.sanity_steps(m)), sanity.get(schema.sanity_taps(m))
+        if steps is None:
+            continue
+        for w in study.weightings:
+            sp, bc = sanity.get(schema.sanity(m, w, "spearman")), sanity.get(schema.sanity(m, w, "bc"))
+            if sp is None:
+                continue
+            for i, k in enumerate(steps.tolist()):
+                first = str(taps[len(taps) - k]) if 0 < k <= len(taps) else ""
+                out.append([m, w, k, len(taps), k / len(taps), first, *mean_ci(sp[i], study.seed),
+                            *mean_ci(bc[i], study.seed), sp.shape[1]])
+    return out
+
+
+def deletion_rows(col: Collected, study: Study, grouped) -> list[list]:
+    """deletion.csv: area under each method's deletion curve Δcos(p) over the occlusion percents
+    (``stats.deletion_area``: the curve's mean height, Δcos units), per face, mean with a bootstrap CI."""
+    out: list[list] = []
+    percents = tuple(sorted(study.occlusion_percents))
+    if len(percents) < 2:
+        return out
+    for m, w in study.pairs(col):
+        for fill in study.fills:
+            for method in METHODS:
+                keys = [schema.occlusion(m, w if method == "leam" else method, fill, p) for p in percents]
+                if not all(k in col.arrays for k in keys):
+                    continue
+                curves = np.stack([col.arrays[k] for k in keys], axis=-1)
+                area = np.asarray(stats.deletion_area(percents, jnp.asarray(curves)))
+                for g, rows in grouped:
+                    out.append([m, w, g, fill, percents[0], percents[-1], method, *mean_ci(area[rows], study.seed),
+                                len(rows)])
+    return out
+
+
 def layer_diversity_rows(col: Collected, study: Study) -> list[list]:
     """layer_diversity.csv: BC between layer maps of one face (``stats.layer_diversity``), mean over faces."""
     out = []
@@ -369,23 +511,63 @@ def verification_rows(col: Collected, study: Study) -> list[list]:
     return out
 
 
-def headline_rows(study: Study, regions_out: list[list], bc_out: list[list], occ_out: list[list]) -> list[list]:
-    """headline.csv: the paper's three findings per model and weighting, taken from the rows of the
-    other tables (group "all"): BC same vs different, the critical region's share of the top pixels
-    at 1% against its area share, and Δcos of LEAM's top 1% against random."""
-    def find(rows, match: dict[int, object]):
-        """The first row whose columns (by index) hold the given values."""
-        hit = [r for r in rows if all(r[i] == v for i, v in match.items())]
-        return hit[0] if hit else None
+def _find(rows, match: dict[int, object]):
+    """The first row whose columns (by index) hold the given values."""
+    hit = [r for r in rows if all(r[i] == v for i, v in match.items())]
+    return hit[0] if hit else None
 
+
+def _headline_specificity(spec_out: list[list], m: str, w: str) -> list:
+    """[scope, auc, low, high, d] at the headline sparsity: within the pairs column where there is one."""
+    cands = [r for r in spec_out if r[0] == m and r[1] == w and r[2] == "overall" and r[3] == HEADLINE_SPARSITY]
+    r = next((c for c in cands if c[4] != "all"), cands[0] if cands else None)
+    return [r[4], r[5], r[6], r[7], r[8]] if r else ["", float("nan")] + [float("nan")] * 3
+
+
+def _random_spearman(sanity_out: list[list], m: str, w: str) -> tuple[float, float]:
+    """(Spearman to the trained maps at the first cascade step, with every layer randomised)."""
+    steps = [r for r in sanity_out if r[0] == m and r[1] == w]
+    if not steps:
+        return float("nan"), float("nan")
+    last = [r for r in steps if r[2] == r[3]]
+    return steps[0][6], (last[0][6] if last else float("nan"))
+
+
+def headline_rows(study: Study, regions_out: list[list], bc_out: list[list], occ_out: list[list],
+                  spec_out: list[list] = (), sanity_out: list[list] = ()) -> list[list]:
+    """headline.csv per model and weighting, taken from the rows of the other tables (group "all"):
+    person-specificity (AUC with its interval, Cohen's d; BC same vs different and the permutation
+    p-value), the randomisation check, the critical region's share of the top pixels against its
+    area share, and Δcos of LEAM's top pixels against random."""
     out = []
     for m, w in dict.fromkeys((r[0], r[1]) for r in regions_out):
-        bc = find(bc_out, {0: m, 1: w, 2: "overall", 3: "all"})
-        crit = find(regions_out, {0: m, 1: w, 2: "all", 3: study.headline_top, 4: regions.CRITICAL_REGION})
-        occ = {meth: find(occ_out, {0: m, 1: w, 2: "all", 3: study.fill0, 4: study.headline_occlusion, 5: meth})
+        bc = _find(bc_out, {0: m, 1: w, 2: "overall", 3: "all"})
+        crit = _find(regions_out, {0: m, 1: w, 2: "all", 3: study.headline_top, 4: regions.CRITICAL_REGION})
+        occ = {meth: _find(occ_out, {0: m, 1: w, 2: "all", 3: study.fill0, 4: study.headline_occlusion, 5: meth})
                for meth in ("leam", "random")}
         dl, dr = (occ[k][6] if occ[k] is not None else float("nan") for k in ("leam", "random"))
-        out.append([m, w, bc[4], bc[5], bc[8], crit[5], crit[9], dl, dr, dl / dr if dr > 0 else float("nan")])
+        scope, auc, lo, hi, d = _headline_specificity(spec_out, m, w)
+        sp_first, sp_random = _random_spearman(sanity_out, m, w)
+        out.append([m, w, study.target, HEADLINE_SPARSITY, scope, auc, lo, hi, d, bc[4], bc[5], bc[8],
+                    sp_first, sp_random, crit[5], crit[9], dl, dr, dl / dr if dr > 0 else float("nan")])
+    return out
+
+
+def validity_rows(headline_out: list[list]) -> list[list]:
+    """validity.csv: the four criteria of LEAM_SPEC section 6 per model and weighting, from the headline:
+    person-specific (AUC >= MIN_AUC), survives randomisation (Spearman with every layer random
+    <= MAX_RANDOM_SPEARMAN and below the first step's), beats random pixels (top-p% Δcos >=
+    MIN_OCCLUSION_RATIO x random), critical region enriched (share of the top pixels > area share).
+    A criterion without its measurement is empty, not passed."""
+    out = []
+    for r in headline_out:
+        auc, sp_first, sp_random, share, area, ratio = r[5], r[12], r[13], r[14], r[15], r[18]
+        checks = [auc >= MIN_AUC if np.isfinite(auc) else None,
+                  (sp_random <= MAX_RANDOM_SPEARMAN and sp_random < sp_first) if np.isfinite(sp_random) else None,
+                  ratio >= MIN_OCCLUSION_RATIO if np.isfinite(ratio) else None,
+                  share > area if np.isfinite(share) and np.isfinite(area) else None]
+        out.append([r[0], r[1], r[2], auc, sp_random, ratio, share, area,
+                    *["" if c is None else int(c) for c in checks], sum(bool(c) for c in checks)])
     return out
 
 
@@ -413,13 +595,23 @@ HEADERS = {
     "occlusion": ["model", "weighting", "group", "fill", "percent", "method", "dcos_mean", "dcos_ci_low",
                   "dcos_ci_high", "n"],
     "transfer": ["weighting", "fill", "percent", "source_model", "target_model", "dcos_mean", "n"],
-    "headline": ["model", "weighting", "bc_same", "bc_diff", "bc_p_value", "critical_share", "critical_area_share",
-                 "dcos_leam_1", "dcos_random_1", "leam_over_random_1"],
+    "headline": ["model", "weighting", "target", "sparsity", "pairs", "auc", "auc_ci_low", "auc_ci_high", "cohens_d",
+                 "bc_same", "bc_diff", "bc_p_value", "spearman_first_step", "spearman_all_random", "critical_share",
+                 "critical_area_share", "dcos_leam_1", "dcos_random_1", "leam_over_random_1"],
+    "specificity": ["model", "weighting", "layer", "sparsity", "pairs", "auc", "auc_ci_low", "auc_ci_high",
+                    "cohens_d", "d_ci_low", "d_ci_high", "bc_same_mean", "bc_diff_mean", "n_same", "n_diff"],
+    "sanity": ["model", "weighting", "step", "num_layers", "fraction_randomised", "first_randomised_layer",
+               "spearman_mean", "spearman_ci_low", "spearman_ci_high", "bc_mean", "bc_ci_low", "bc_ci_high", "n"],
+    "deletion": ["model", "weighting", "group", "fill", "percent_from", "percent_to", "method", "area_mean",
+                 "area_ci_low", "area_ci_high", "n"],
+    "validity": ["model", "weighting", "target", "auc", "spearman_all_random", "leam_over_random_1", "critical_share",
+                 "critical_area_share", "person_specific", "survives_randomisation", "beats_random_pixels",
+                 "critical_region_enriched", "criteria_met"],
     "verification": ["model", "auc", "tar_at_far_1pct", "n_same", "n_diff"],
 }
 
 
-def compute_tables(col: Collected, study: Study) -> dict[str, list[list]]:
+def compute_tables(col: Collected, study: Study, sanity: dict[str, np.ndarray] | None = None) -> dict[str, list[list]]:
     """Every table's rows (table name -> rows in ``HEADERS`` order)."""
     grouped = groups(col, study)
     out = {"region_shares": region_rows(col, study, grouped)}
@@ -428,7 +620,12 @@ def compute_tables(col: Collected, study: Study) -> dict[str, list[list]]:
     out["model_agreement"] = model_agreement_rows(col, study)
     out["occlusion"] = occlusion_rows(col, study, grouped)
     out["transfer"] = transfer_rows(col, study)
-    out["headline"] = headline_rows(study, out["region_shares"], out["bc"], out["occlusion"])
+    out["specificity"] = specificity_rows(col, study)
+    out["sanity"] = sanity_rows(sanity, study)
+    out["deletion"] = deletion_rows(col, study, grouped)
+    out["headline"] = headline_rows(study, out["region_shares"], out["bc"], out["occlusion"], out["specificity"],
+                                    out["sanity"])
+    out["validity"] = validity_rows(out["headline"])
     out["verification"] = verification_rows(col, study)
     return out
 
@@ -444,27 +641,35 @@ def _write_inputs(out_dir: Path, col: Collected) -> None:
                for i in range(len(col.path))])
 
 
-def write_tables(out_dir: Path, shard_arrays: Sequence[dict[str, np.ndarray]], settings: dict) -> dict:
-    """Write tables/, maps/ and failures.csv; return counts for summary.json."""
+def write_tables(out_dir: Path, shard_arrays: Sequence[dict[str, np.ndarray]], settings: dict,
+                 sanity: dict[str, np.ndarray] | None = None,
+                 writers: Sequence[Callable[[Path, Collected, Study], None]] = ()) -> dict:
+    """Write tables/, maps/ and failures.csv (``sanity``: the randomisation check's arrays, if run;
+    ``writers``: more outputs from the same collected shards, e.g. the per-person tables);
+    return counts for summary.json."""
     out_dir = Path(out_dir)
     (out_dir / "tables").mkdir(parents=True, exist_ok=True)
     (out_dir / "maps").mkdir(parents=True, exist_ok=True)
     col, study = collect(shard_arrays), Study.from_settings(settings)
     _write_inputs(out_dir, col)
-    for name, rows in compute_tables(col, study).items():
+    for name, rows in compute_tables(col, study, sanity).items():
         write_csv(out_dir / "tables" / f"{name}.csv", HEADERS[name], rows)
     overall, layers = mean_maps(col, study)
-    _save_npz(out_dir / "maps" / "mean_overall.npz", overall)
-    _save_npz(out_dir / "maps" / "mean_layers.npz",
+    save_npz(out_dir / "maps" / "mean_overall.npz", overall)
+    save_npz(out_dir / "maps" / "mean_layers.npz",
               {**layers, **{f"taps/{m}": np.array(study.taps[m], dtype=str) for m in study.models}})
+    if sanity is not None:
+        save_npz(out_dir / "maps" / "sanity.npz", sanity)  # the report's randomisation figure
     buf = io.BytesIO()
     np.save(buf, col.labels_hist.argmax(0).astype(np.int16))
     (out_dir / "maps" / "mean_labels.npy").write_bytes(buf.getvalue())
+    for write in writers:
+        write(out_dir, col, study)
     return {"faces": len(col.path), "people": len(set(col.person.tolist())), "failures": len(col.failures),
             "images_with_faces": len(set(col.path.tolist()))}
 
 
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """An .npz whose bytes depend only on the arrays (fixed zip timestamps), so reruns compare equal."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as z:

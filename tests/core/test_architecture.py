@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PURE = ("leam_jax", "leam_jax.core", "leam_jax.stats", "leam_jax.batching", "leam_jax.adapters")
+PURE = ("leam_jax", "leam_jax.core", "leam_jax.stats", "leam_jax.batching", "leam_jax.adapters", "leam_jax.sanity")
 # Stages, earliest first: a module may import its own stage or an earlier one.
 STAGES = (("pure", PURE), ("models", ("leam_jax.models",)), ("converters", ("converters",)),
           ("weights", ("leam_jax.weights",)), ("face", ("leam_jax.face",)), ("study", ("leam_jax.study",)),

@@ -18,7 +18,7 @@ from leam_jax.face import regions
 from leam_jax.study import figures, report
 
 FIGURE_FILES = ("mean_maps.png", "layer_maps.png", "region_shares.png", "bc_distributions.png", "occlusion.png",
-                "transfer.png")
+                "transfer.png", "specificity_layers.png", "sanity.png")
 INJECTED = "<script>alert(1)</script>"
 ODD_PATH = "/data/&\"'<>/img 1.jpg"
 METHODS = ("leam", "random", "input_gradient", "last_layer")
@@ -128,11 +128,54 @@ def make_output_dir(root: Path, *, models, weightings, same_pairs: bool = True, 
     _write(t / "transfer.csv", ["weighting", "fill", "percent", "source_model", "target_model", "dcos_mean", "n"],
            [[w, f, float(p), a, b, float(rng.uniform(0.02, 0.12)), 3] for w in weightings for f in fills
             for p in PERCENTS for a in models for b in models])
-    _write(t / "headline.csv", ["model", "weighting", "bc_same", "bc_diff", "bc_p_value", "critical_share",
-                                "critical_area_share", "dcos_leam_1", "dcos_random_1", "leam_over_random_1"],
-           [[m, w, float(rng.uniform(0.3, 0.6)) if same_pairs else "", float(rng.uniform(0.04, 0.15)),
-             float(rng.uniform(0, 0.05)) if same_pairs else "", float(rng.uniform(0.4, 0.8)),
-             float(rng.uniform(0.1, 0.2)), 0.1, 0.03, 0.1 / 0.03] for m in models for w in weightings])
+    head = []
+    for m in models:
+        for w in weightings:
+            auc = float(rng.uniform(0.5, 0.95)) if same_pairs else ""
+            head.append([m, w, "population", "full", "within source_repo", auc, auc and auc - 0.05,
+                         auc and min(auc + 0.05, 1.0), float(rng.uniform(0, 2)) if same_pairs else "",
+                         float(rng.uniform(0.3, 0.6)) if same_pairs else "", float(rng.uniform(0.04, 0.15)),
+                         float(rng.uniform(0, 0.05)) if same_pairs else "", float(rng.uniform(0.3, 0.9)),
+                         float(rng.uniform(-0.1, 0.5)), float(rng.uniform(0.4, 0.8)), float(rng.uniform(0.1, 0.2)),
+                         0.1, 0.03, 0.1 / 0.03])
+    _write(t / "headline.csv", ["model", "weighting", "target", "sparsity", "pairs", "auc", "auc_ci_low",
+                                "auc_ci_high", "cohens_d", "bc_same", "bc_diff", "bc_p_value", "spearman_first_step",
+                                "spearman_all_random", "critical_share", "critical_area_share", "dcos_leam_1",
+                                "dcos_random_1", "leam_over_random_1"], head)
+    _write(t / "validity.csv", ["model", "weighting", "target", "auc", "spearman_all_random", "leam_over_random_1",
+                                "critical_share", "critical_area_share", "person_specific", "survives_randomisation",
+                                "beats_random_pixels", "critical_region_enriched", "criteria_met"],
+           [[h[0], h[1], h[2], h[5], h[13], h[18], h[14], h[15], int(bool(h[5]) and h[5] >= 0.75) if h[5] else "",
+             int(h[13] <= 0.3), 1, 1, 0] for h in head])
+    spec = []
+    for m in models:
+        for w in weightings:
+            for layer in ["overall", *taps[m]]:
+                for sp in ("full", "1", "5", "10", "20"):
+                    for pairs in ("all", "within source_repo"):
+                        auc = float(rng.uniform(0.45, 0.9))
+                        spec.append([m, w, layer, sp, pairs, auc, auc - 0.04, auc + 0.04, 1.0, 0.8, 1.2, 0.5, 0.4,
+                                     10, 40])
+    _write(t / "specificity.csv", ["model", "weighting", "layer", "sparsity", "pairs", "auc", "auc_ci_low",
+                                   "auc_ci_high", "cohens_d", "d_ci_low", "d_ci_high", "bc_same_mean",
+                                   "bc_diff_mean", "n_same", "n_diff"], spec)
+    sanity_rows, sanity_maps = [], {}
+    for m in models:
+        steps = [1, len(taps[m]) // 2, len(taps[m])]
+        sanity_maps[f"sanity_steps/{m}"] = np.array(steps, np.int32)
+        sanity_maps[f"sanity_taps/{m}"] = np.array(taps[m])
+        for w in weightings:
+            sanity_maps[f"sanity/{m}/{w}/maps"] = np.stack(
+                [np.stack([_blob_map(64, [(rng.uniform(10, 54), rng.uniform(10, 54))], [1.0], 6) for _ in range(4)])])
+            for k in steps:
+                sp = float(1 - k / len(taps[m]) + rng.uniform(-0.05, 0.05))
+                sanity_rows.append([m, w, k, len(taps[m]), k / len(taps[m]), taps[m][len(taps[m]) - k], sp, sp - 0.1,
+                                    sp + 0.1, 0.9, 0.85, 0.95, 24])
+    _write(t / "sanity.csv", ["model", "weighting", "step", "num_layers", "fraction_randomised",
+                              "first_randomised_layer", "spearman_mean", "spearman_ci_low", "spearman_ci_high",
+                              "bc_mean", "bc_ci_low", "bc_ci_high", "n"], sanity_rows)
+    (root / "maps").mkdir(parents=True, exist_ok=True)
+    np.savez(root / "maps" / "sanity.npz", **sanity_maps)
 
     maps = root / "maps"
     maps.mkdir(parents=True, exist_ok=True)

@@ -18,9 +18,12 @@ from leam_jax.study.job import run
 
 pytestmark = [pytest.mark.weights, pytest.mark.faces]
 
-# Small but complete: 3 people x 3 chips in 3 shards, two weightings, every table.
+# Small but complete: 3 people x 3 chips in 3 shards, two weightings, every table; the population
+# target, so the embedding pass (its own shards) and the run's gallery are part of every run, and the
+# randomisation check on two people.
 ARGS = ["--models=dlib_resnet", "--aligned", "--max_people=3", "--max_images_per_person=3", "--shard_size=3",
-        "--batch_size=4", "--weighting=gradcam,layercam", "--occlusion_percents=1,5", "--random_seeds=2"]
+        "--batch_size=4", "--weighting=gradcam,layercam", "--occlusion_percents=1,5", "--random_seeds=2",
+        "--target=population", "--sanity_faces=6", "--sanity_steps=3", "--report_people=2"]
 
 
 def _cli(out: Path, data_dir: Path, *extra: str, env=None) -> list[str]:
@@ -49,7 +52,7 @@ def baseline(johns_dir, tmp_path_factory):
 def test_uninterrupted_run_writes_every_table(baseline):
     t = _tables(baseline)
     for name in ("images", "region_shares", "bc", "bc_pairs", "layer_diversity", "model_agreement", "occlusion",
-                 "transfer", "headline", "verification"):
+                 "transfer", "headline", "verification", "specificity", "sanity", "deletion", "validity", "people"):
         assert f"tables/{name}.csv" in t, name
     with open(baseline / "tables" / "images.csv") as f:
         assert len(list(csv.DictReader(f))) == 9
@@ -60,13 +63,23 @@ def test_uninterrupted_run_writes_every_table(baseline):
     mean = np.load(baseline / "maps" / "mean_overall.npz")
     assert sorted(mean.files) == ["dlib_resnet/gradcam.npy".removesuffix(".npy"), "dlib_resnet/layercam"]
     assert np.isfinite(mean["dlib_resnet/gradcam"]).all()
-    assert len(list((baseline / "figures").glob("*.png"))) == 6
+    from leam_jax.study.report import FIGURES
+
+    assert {f.name for f in (baseline / "figures").glob("*.png")} == {n for n, _ in FIGURES} | {
+        "person_000.png", "person_001.png"}
+    with open(baseline / "tables" / "sanity.csv") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f) if r["weighting"] == "gradcam"]
+    assert steps[-1] == 16 and len(steps) >= 3  # every layer randomised last
+    with open(baseline / "tables" / "headline.csv") as f:
+        assert {r["target"] for r in csv.DictReader(f)} == {"population"}
 
 
-def test_resume_after_sigkill_gives_identical_tables(baseline, johns_dir, tmp_path):
+@pytest.mark.parametrize("stage", ["embed", "explain"])
+def test_resume_after_sigkill_gives_identical_tables(baseline, johns_dir, tmp_path, stage):
+    """Killed in the embedding pass or in the explaining pass, a resumed run equals an uninterrupted one."""
     out = tmp_path / "killed"
     proc = subprocess.Popen(_cli(out, johns_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    manifest = out / "shards" / "done.p0.json"
+    manifest = out / "shards" / ("embed/done.p0.json" if stage == "embed" else "done.p0.json")
     deadline = time.time() + 600
     while not manifest.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -170,3 +183,30 @@ def test_builtin_default_runs_on_the_sample_photos(tmp_path):
     with open(out / "tables" / "headline.csv") as f:
         (head,) = list(csv.DictReader(f))
     assert head["bc_same"] == "" and float(head["critical_share"]) > float(head["critical_area_share"])
+
+
+def test_gallery_from_the_sharded_embedding_pass_equals_one_batch(baseline, johns_dir):
+    """The gallery the sweep builds from its embedding-pass shards (3 shards, batches of 4) equals
+    core.person_gallery over the same faces embedded in one batch."""
+    from leam_jax.face.pipeline import FacePipeline
+    from leam_jax.models import REGISTRY
+    from leam_jax.study import inputs, sweep
+    from leam_jax.study.compute import Gallery, set_worker
+    from leam_jax.study.job import galleries_from_store
+    from leam_jax.study.loader import Loader
+    from leam_jax.weights import load
+
+    store = sweep.ShardStore(baseline).stage("embed")
+    (sharded,) = galleries_from_store(store, 3, ["dlib_resnet"]).values()
+    sources = inputs.from_data_dir(johns_dir, max_people=3, max_images_per_person=3)
+    template = REGISTRY["dlib_resnet"].template
+    loader = Loader(FacePipeline(), [template], aligned=True)
+    try:
+        (loaded,) = list(loader.iterate([sources]))
+    finally:
+        loader.close()
+    worker = set_worker(load("dlib_resnet"), batch_size=16)
+    emb = worker.embed(np.stack([f.crops[template] for f in loaded.faces]).astype(np.float32))
+    one = Gallery.from_embeddings(emb, [f.person for f in loaded.faces])
+    assert sharded.persons == one.persons and len(one.persons) == 3
+    np.testing.assert_allclose(sharded.vectors, one.vectors, atol=2e-6)

@@ -251,3 +251,107 @@ def test_collect_refuses_unknown_keys():
     shard["occ/m1/gradcam/mean"] = np.zeros(2)  # a percent short
     with pytest.raises(ValueError, match="not a shard key: 'occ/m1/gradcam/mean'"):
         tables.collect([shard])
+
+
+def _auc_d(values, same):
+    """Brute-force AUC (ties half) and Cohen's d of same- vs different-person pair values."""
+    pos, neg = values[same], values[~same]
+    auc = np.mean([(a > b) + 0.5 * (a == b) for a in pos for b in neg])
+    pooled = np.sqrt(((len(pos) - 1) * pos.var(ddof=1) + (len(neg) - 1) * neg.var(ddof=1)) / (len(pos) + len(neg) - 2))
+    return auc, (pos.mean() - neg.mean()) / pooled
+
+
+def _top(maps, percent):
+    """Each map's top-p% pixels kept and renormalised (ties by index, as stats.top_percent_mask)."""
+    out = np.zeros_like(maps)
+    k = max(1, int(np.floor(maps.shape[1] * percent / 100 + 0.5)))
+    for i, m in enumerate(maps):
+        keep = np.argsort(-m, kind="stable")[:k]
+        out[i, keep] = m[keep]
+    return out / out.sum(1, keepdims=True)
+
+
+@pytest.mark.parametrize("sparsity", ["full", "10"])
+def test_specificity_equals_brute_force_auc_and_d(run, sparsity):
+    out, cat = run
+    rows = {(r["model"], r["layer"], r["sparsity"], r["pairs"]): r for r in _read(out, "specificity")}
+    persons = cat[schema.meta("person")]
+    for m in MODELS:
+        valid = ~cat[schema.per_map("overall_flags", m, W)]
+        maps = _unit(cat[schema.per_map("overall", m, W)][valid])
+        if sparsity != "full":
+            maps = _top(maps, float(sparsity))
+        pairs = list(itertools.combinations(range(len(maps)), 2))
+        values = np.array([_bc(maps[i], maps[j]) for i, j in pairs])
+        same = np.array([persons[valid][i] == persons[valid][j] for i, j in pairs])
+        auc, d = _auc_d(values, same)
+        r = rows[(m, "overall", sparsity, "all")]
+        _close(r["auc"], auc)
+        # d divides by a small pooled SD here (same-person maps are alike): float32 variance, 1e-4
+        assert float(r["cohens_d"]) == pytest.approx(d, rel=1e-4)
+        assert float(r["auc_ci_low"]) <= float(r["auc"]) <= float(r["auc_ci_high"])
+        assert (int(r["n_same"]), int(r["n_diff"])) == (int(same.sum()), int((~same).sum()))
+    assert {k[1] for k in rows} == {"overall", *TAPS["m1"], *TAPS["m2"]}
+    assert {k[2] for k in rows} == {"full", "1", "5", "10", "20"}
+
+
+def test_pairs_within_a_column_keep_only_those_pairs(tmp_path):
+    rng = np.random.default_rng(3)
+    shards = [_shard(rng, PERSONS[0]), _shard(rng, PERSONS[1])]
+    tables.write_tables(tmp_path, shards, {**SETTINGS, "pairs_within": "gender"})
+    cat = {k: np.concatenate([s[k] for s in shards]) for k in shards[0] if not schema.parse(k).summed}
+    persons = cat[schema.meta("person")]
+    gender = np.array([GENDER[p] for p in persons])
+    maps = _unit(cat[schema.per_map("overall", "m1", W)])
+    pairs = [(i, j) for i, j in itertools.combinations(range(len(maps)), 2) if gender[i] == gender[j]]
+    values = np.array([_bc(maps[i], maps[j]) for i, j in pairs])
+    same = np.array([persons[i] == persons[j] for i, j in pairs])
+    auc, d = _auc_d(values, same)
+    (r,) = [r for r in _read(tmp_path, "specificity")
+            if (r["model"], r["layer"], r["sparsity"], r["pairs"]) == ("m1", "overall", "full", "within gender")]
+    _close(r["auc"], auc)
+    assert float(r["cohens_d"]) == pytest.approx(d, rel=1e-4)
+    (h,) = [h for h in _read(tmp_path, "headline") if h["model"] == "m1"]
+    assert (h["pairs"], h["auc"]) == ("within gender", r["auc"])  # the headline takes the within-set figure
+
+
+def test_deletion_area_equals_trapezoid_of_each_face(run):
+    out, cat = run
+    for r in _read(out, "deletion"):
+        if r["group"] != "all":
+            continue
+        method = W if r["method"] == "leam" else r["method"]
+        curves = np.stack([cat[schema.occlusion(r["model"], method, "mean", p)].astype(np.float64) for p in (1, 5)], 1)
+        area = (curves[:, 0] + curves[:, 1]) / 2  # trapezoid over [1, 5] divided by the span
+        _close(r["area_mean"], area.mean())
+
+
+def test_sanity_and_validity_tables_follow_their_inputs(tmp_path):
+    rng = np.random.default_rng(5)
+    shards = [_shard(rng, PERSONS[0]), _shard(rng, PERSONS[1])]
+    steps = {m: list(range(1, len(TAPS[m]) + 1)) for m in MODELS}
+    sp = {m: rng.uniform(-0.2, 1, (len(steps[m]), 6)).astype(np.float32) for m in MODELS}
+    sanity = {}
+    for m in MODELS:
+        sanity[schema.sanity_steps(m)] = np.array(steps[m], np.int32)
+        sanity[schema.sanity_taps(m)] = np.array(TAPS[m])
+        sanity[schema.sanity(m, W, "spearman")] = sp[m]
+        sanity[schema.sanity(m, W, "bc")] = rng.uniform(0.5, 1, sp[m].shape).astype(np.float32)
+        sanity[schema.sanity(m, W, "maps")] = rng.random((1, 1 + len(steps[m]), 64, 64)).astype(np.float16)
+    tables.write_tables(tmp_path, shards, SETTINGS, sanity=sanity)
+    rows = _read(tmp_path, "sanity")
+    assert len(rows) == sum(len(s) for s in steps.values())
+    for r in rows:
+        i = steps[r["model"]].index(int(r["step"]))
+        _close(r["spearman_mean"], sp[r["model"]][i].astype(np.float64).mean())
+        assert r["first_randomised_layer"] == TAPS[r["model"]][len(TAPS[r["model"]]) - int(r["step"])]
+    head = {h["model"]: h for h in _read(tmp_path, "headline")}
+    for v in _read(tmp_path, "validity"):
+        h, s = head[v["model"]], sp[v["model"]].astype(np.float64).mean(1)
+        _close(h["spearman_all_random"], s[-1])
+        assert v["survives_randomisation"] == str(int(s[-1] <= tables.MAX_RANDOM_SPEARMAN and s[-1] < s[0]))
+        assert v["person_specific"] == str(int(float(h["auc"]) >= tables.MIN_AUC))
+        assert v["beats_random_pixels"] == str(int(float(h["leam_over_random_1"]) >= tables.MIN_OCCLUSION_RATIO))
+        assert v["critical_region_enriched"] == str(int(float(h["critical_share"]) > float(h["critical_area_share"])))
+        assert int(v["criteria_met"]) == sum(v[c] == "1" for c in ("person_specific", "survives_randomisation",
+                                                                  "beats_random_pixels", "critical_region_enriched"))
