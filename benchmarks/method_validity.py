@@ -35,14 +35,17 @@ FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
 CRITERIA = ("person_specific", "survives_randomisation", "beats_random_pixels", "critical_region_enriched")
 
 _WORK = flags.DEFINE_string("work_dir", "/tmp/method_validity", "Where each target's study run goes (resumable).")
-_TARGETS = flags.DEFINE_list("targets", ["identity", "population", "identification"], "Targets to compare.")
+_TARGETS = flags.DEFINE_list("targets", ["population", "identification", "identity"], "Targets to compare.")
 _MODELS = flags.DEFINE_list("models", list(DEFAULT_MODELS), "Models.")
+_PER_PERSON = flags.DEFINE_integer("max_images_per_person", 0, "At most this many images per person (0: all); "
+                                   "every person is kept, so the people bootstrap keeps its size.")
 
 
 def _run(target: str) -> tuple[list[dict[str, str]], float]:
     out = Path(_WORK.value) / target
     config = StudyConfig(models=tuple(_MODELS.value), manifest=str(FACES / "manifest.csv"), output_dir=out,
                          target=target, occlusion_percents=(1.0, 5.0), transfer_percent=0.0, report=False,
+                         max_images_per_person=_PER_PERSON.value,
                          resume=(out / "run.json").exists())
     t0 = time.perf_counter()
     job.run(config, log=lambda s: print(s, file=sys.stderr))

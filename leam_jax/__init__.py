@@ -9,7 +9,9 @@ and the study tool in ``leam_jax.study`` (``python -m leam_jax.main``).
 """
 
 from leam_jax.core import (
+    DEFAULT_TARGET,
     DEFAULT_TEMPERATURE,
+    DEFAULT_WEIGHTING,
     GALLERY_TARGETS,
     TARGETS,
     WEIGHTINGS,
@@ -35,7 +37,9 @@ from leam_jax.core import (
 )
 
 __all__ = [
+    "DEFAULT_TARGET",
     "DEFAULT_TEMPERATURE",
+    "DEFAULT_WEIGHTING",
     "GALLERY_TARGETS",
     "TARGETS",
     "WEIGHTINGS",

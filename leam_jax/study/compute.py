@@ -378,8 +378,8 @@ class SetMaps:
     taps: tuple[str, ...]
 
 
-def set_worker(model, *, weighting: str | Sequence[str] = "gradcam", batch_size: int = 32, taps=None,
-               target: str = "identity", fill: str = stats.DEFAULT_FILL, percent: float = 1.0, seeds: int = 5,
+def set_worker(model, *, weighting: str | Sequence[str] = core.DEFAULT_WEIGHTING, batch_size: int = 32, taps=None,
+               target: str = core.DEFAULT_TARGET, fill: str = stats.DEFAULT_FILL, percent: float = 1.0, seeds: int = 5,
                seed: int = 0, temperature: float = core.DEFAULT_TEMPERATURE) -> ModelWorker:
     """A :class:`ModelWorker` for one (or several) weightings, one fill and occlusion percent over an
     in-memory set of model inputs (no face pipeline)."""

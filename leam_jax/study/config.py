@@ -40,14 +40,17 @@ class StudyConfig:
                          "to the whole chip.")
     output_dir: Path = _opt(Path("runs/default"), "Where shards, tables/, figures/, report.html, summary.json and "
                             "failures.csv go.")
-    target: str = _opt("identity", "Score explained (LEAM_SPEC section 1): identity = cosine to the leave-one-out "
+    target: str = _opt(core.DEFAULT_TARGET, "Score explained (LEAM_SPEC section 1): identity = cosine to the leave-one-out "
                        "mean of the person's other faces; population = that minus the cosine to the mean of the other "
                        "people's references; identification = log-softmax over every person's reference; self = the "
                        "embedding's length along its own direction (and the fallback for a person with one face).",
                        choices=SWEEP_TARGETS)
     temperature: float = _opt(core.DEFAULT_TEMPERATURE, "identification's softmax temperature over cosines.")
-    weightings: tuple[str, ...] = _opt(core.WEIGHTINGS, f"Layer weightings to run, any of {list(core.WEIGHTINGS)}; "
-                                       "every table reports each side by side.", flag="weighting")
+    weightings: tuple[str, ...] = _opt(
+        (core.DEFAULT_WEIGHTING, *(w for w in core.WEIGHTINGS if w != core.DEFAULT_WEIGHTING)),
+        f"Layer weightings to run, any of {list(core.WEIGHTINGS)}; every table reports each side by side. The "
+        "first is the run's default: the transfer matrix, the per-person views and the figures' first choice.",
+        flag="weighting")
     taps: tuple[str, ...] = _opt((), "Layers to use: tap names (for every model that has them) or model/tap. "
                                  "Default: all.")
     group_by: tuple[str, ...] = _opt((), "Manifest columns to break every statistic down by (default: each attribute "

@@ -23,9 +23,11 @@ def results(dlib_model, johns_chips):
     ids = jnp.asarray(compute.dense_ids(persons)[0])
     out = {}
     for weighting in core.WEIGHTINGS:
-        sm = compute.explain_set(compute.set_worker(dlib_model, weighting=weighting), chips, persons)
+        sm = compute.explain_set(compute.set_worker(dlib_model, weighting=weighting, target="identity"), chips,
+                                 persons)
         bc = stats.bc_same_different(jnp.asarray(sm.overall), ids)
-        occ = {fill: compute.occlusion_comparison(compute.set_worker(dlib_model, weighting=weighting, fill=fill),
+        occ = {fill: compute.occlusion_comparison(compute.set_worker(dlib_model, weighting=weighting, fill=fill,
+                                                                          target="identity"),
                                                   chips, sm.overall, sm.references)
                for fill in ("mean", "zero")}
         out[weighting] = (sm, bc, occ)
