@@ -127,6 +127,7 @@ def test_several_faces_largest_first_or_all(faces_dir, dlib_dat):
 
 
 @pytest.mark.dlib
+@pytest.mark.slow
 def test_alignment_auc_within_002_of_dlib_pipeline(pipeline, shared_run, dlib, dlib_landmarker, dlib_model):
     """Verification AUC over all pairs of wild_small + orl_att: our detect -> mesh -> align -> dlib
     model vs dlib's HOG + 5-point predictor + get_face_chip -> the same network."""

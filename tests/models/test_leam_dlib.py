@@ -14,7 +14,9 @@ import pytest
 from leam_jax import core, stats
 from leam_jax.study import compute
 
-pytestmark = [pytest.mark.weights, pytest.mark.faces]
+# LEAM's criteria on the real dlib network and its 52 chips (~4 min): the study tests run the same
+# worker on dlib end to end in the default suite; these with -m slow.
+pytestmark = [pytest.mark.weights, pytest.mark.faces, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -227,6 +227,7 @@ def test_verification_on_dlib_chips(chips, name, min_auc):
 
 @pytest.mark.weights
 @pytest.mark.faces
+@pytest.mark.slow
 def test_mobilefacenet_embeddings_ignore_the_face(chips, tfjs_runtime, human_model_json):
     """Why mobilefacenet is excluded, in the original runtime: with human's own 0..1 input and with
     the upstream (x - 127.5) / 128, a uniform grey image embeds like every face (cosine ~1)."""

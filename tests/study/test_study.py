@@ -74,7 +74,7 @@ def test_uninterrupted_run_writes_every_table(baseline):
         assert {r["target"] for r in csv.DictReader(f)} == {"population"}
 
 
-@pytest.mark.parametrize("stage", ["embed", "explain"])
+@pytest.mark.parametrize("stage", ["embed", pytest.param("explain", marks=pytest.mark.slow)])
 def test_resume_after_sigkill_gives_identical_tables(baseline, johns_dir, tmp_path, stage):
     """Killed in the embedding pass or in the explaining pass, a resumed run equals an uninterrupted one."""
     out = tmp_path / "killed"
@@ -105,13 +105,18 @@ def test_four_devices_give_the_same_tables(baseline, johns_dir, tmp_path):
     # 1e-4; occlusion means, the transfer matrix (occlusion of another model's top pixels) and the
     # headline's Δcos columns to 5e-3 (measured 1.1e-3 and 1.3e-3): a pixel whose rank ties within
     # that noise can swap in or out of a top-p% mask.
+    # Person-specificity of sparsified maps (top 1-20% of 32x32 layer maps) flips pairs on such ties
+    # too: those rows are checked against brute force in test_tables_oracle.py, full maps here.
     for name in sorted((baseline / "tables").glob("*.csv")):
-        rel = 5e-3 if name.name in ("occlusion.csv", "transfer.csv", "headline.csv") else 1e-4
+        rel = 5e-3 if name.name in ("occlusion.csv", "transfer.csv", "headline.csv", "deletion.csv", "sanity.csv",
+                                    "validity.csv") else 1e-4
         with open(name) as f:
             want = list(csv.reader(f))
         with open(out / "tables" / name.name) as f:
             got = list(csv.reader(f))
         assert len(got) == len(want), name.name
+        if name.name == "specificity.csv":
+            want, got = ([r for r in rows if r[3] in ("sparsity", "full")] for rows in (want, got))
         for rw, rg in zip(want, got):
             for a, b in zip(rw, rg):
                 try:
@@ -120,17 +125,19 @@ def test_four_devices_give_the_same_tables(baseline, johns_dir, tmp_path):
                     assert a == b, (name.name, rw, rg)
 
 
+@pytest.mark.slow
 def test_process_slices_merge_to_the_same_tables(baseline, johns_dir, tmp_path):
+    """Two processes share one output folder (each waits for the other's embedding-pass shards)."""
     out = tmp_path / "slices"
-    base = dict(models=("dlib_resnet",), data_dir=str(johns_dir), aligned=True, max_people=3, max_images_per_person=3,
-                shard_size=3, batch_size=4, weightings=("gradcam", "layercam"), occlusion_percents=(1.0, 5.0),
-                random_seeds=2, output_dir=out, num_processes=2, report=False)
-    s1 = run(StudyConfig(**base, process_index=1), log=lambda m: None)
-    assert "process 1" in s1["report"] and not (out / "tables").exists()
-    run(StudyConfig(**base, process_index=0, wait_timeout_s=5), log=lambda m: None)
+    procs = [subprocess.Popen(_cli(out, johns_dir, "--num_processes=2", f"--process_index={i}", "--noreport"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (1, 0)]
+    for p in procs:
+        _, err = p.communicate(timeout=1200)
+        assert p.returncode == 0, err[-3000:]
     assert _tables(out) == _tables(baseline)
 
 
+@pytest.mark.slow
 def test_mixed_folder_lists_every_bad_file(johns_dir, tmp_path):
     root = tmp_path / "people"
     people = sorted(p for p in johns_dir.iterdir() if p.is_dir())[:2]
@@ -160,6 +167,7 @@ def test_mixed_folder_lists_every_bad_file(johns_dir, tmp_path):
     assert "5 rejected (failures.csv)" in summary["report"]
 
 
+@pytest.mark.slow
 def test_builtin_default_runs_on_the_sample_photos(tmp_path):
     """No --data_dir/--manifest: the face-api sample photos, every face its own id (one model here;
     the README's no-flag run uses every default model)."""
