@@ -37,9 +37,9 @@ def main(argv=None) -> int:
             return 0
         for name in names:
             ensure_converted(name, force=args.force, source_file=args.source, save_as=args.name)
-    except (ValueError, RuntimeError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except (ValueError, RuntimeError, KeyError) as e:  # every weights error is a RuntimeError (WeightsError)
+        print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
+        return 2  # as python -m leam_jax.main: one line, exit code 2
     return 0
 
 

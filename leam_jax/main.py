@@ -16,11 +16,14 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
+from leam_jax import weights
 from leam_jax.study import sweep
 from leam_jax.study.config import StudyConfig
 from leam_jax.study.job import run
 
 FLAGS = flags.FLAGS
+# Errors a user can meet and act on: one line, exit code 2 (anything else is a bug: a traceback).
+EXPECTED_ERRORS = (ValueError, OSError, sweep.SweepError, weights.WeightsError)
 _TYPES = typing.get_type_hints(StudyConfig)
 
 
@@ -78,9 +81,13 @@ def main(argv: list[str]) -> int:
     try:
         config = config_from_flags()
         summary = run(config, log=lambda msg: print(msg, file=sys.stderr))
-    except (ValueError, OSError, sweep.SweepError) as e:
+    except EXPECTED_ERRORS as e:
         print(f"leam_jax: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\nleam_jax: interrupted; finished shards are kept: run the same command with --resume "
+              f"to continue in {FLAGS['output_dir'].value}", file=sys.stderr)
+        return 130
     print(summary.get("report", ""))
     return 0
 

@@ -12,6 +12,7 @@ import dataclasses
 from pathlib import Path
 
 from leam_jax import core, stats
+from leam_jax.face import decode
 from leam_jax.study.compute import ComputeConfig
 
 # The real models that verify (benchmarks/zoo_verification.py); the default of --models.
@@ -78,6 +79,9 @@ class StudyConfig:
     max_images_per_person: int = _opt(0, "Use at most this many images per person (0 = all).")
     resume: bool = _opt(False, "Continue the run in --output_dir: verified shards are kept, the rest computed.")
     seed: int = _opt(0, "Seed for random baselines, noise fills and bootstrap intervals.")
+    max_image_pixels: int = _opt(decode.DEFAULT_MAX_PIXELS, "Largest image decoded, in pixels, read from the file's "
+                                 "header before decoding (a larger one is rejected in failures.csv). The photos the "
+                                 "loader works on hold at most this many decoded pixels together.")
     loader_threads: int = _opt(0, "Threads decoding, detecting, aligning and parsing ahead of the device "
                                "(0: one per CPU core).")
     prefetch: int = _opt(1, "Shards prepared ahead of the one on the device.")
@@ -112,10 +116,11 @@ class StudyConfig:
             raise ValueError(f"--transfer_percent must be in [0, 100], got {self.transfer_percent}")
         if not self.temperature > 0:
             raise ValueError(f"--temperature must be positive, got {self.temperature}")
-        for name in ("sanity_faces", "report_people"):
+        for name in ("sanity_faces", "report_people", "loader_threads", "prefetch", "max_people",
+                     "max_images_per_person"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name} must be at least 0, got {getattr(self, name)}")
-        for name in ("batch_size", "shard_size", "random_seeds", "num_processes", "sanity_steps"):
+        for name in ("batch_size", "shard_size", "random_seeds", "num_processes", "sanity_steps", "max_image_pixels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.process_index < self.num_processes:

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from leam_jax.face import decode
@@ -15,11 +18,13 @@ from leam_jax.face import decode
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    """One image file. ``person`` is the id the user gave; ``attrs`` are extra manifest columns."""
+    """One image file. ``person`` is the id the user gave; ``attrs`` are extra manifest columns;
+    ``digest`` the sha256 of the file's bytes (:func:`with_digests`; empty: not read yet, or unreadable)."""
 
     path: str
     person: str
     attrs: tuple[tuple[str, str], ...] = ()
+    digest: str = ""
 
 
 class InputError(ValueError):
@@ -76,6 +81,47 @@ def from_manifest(manifest: str | Path, *, max_people: int = 0, max_images_per_p
         p = p if p.is_absolute() else manifest.parent / p
         out.append(Source(str(p), person, tuple((a, (row.get(a) or "").strip()) for a in attr_names)))
     return out
+
+
+def with_digests(sources: list[Source], threads: int = 0) -> list[Source]:
+    """Each source with the sha256 of its file's bytes (read in 1 MiB chunks on ``threads``
+    threads, 0: one per core); an unreadable file gets "" and the loader rejects it with the reason."""
+    with ThreadPoolExecutor(max_workers=threads if threads > 0 else (os.cpu_count() or 1)) as pool:
+        digests = list(pool.map(_file_sha256, [s.path for s in sources]))
+    return [dataclasses.replace(s, digest=d) for s, d in zip(sources, digests)]
+
+
+def _file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError:
+        return ""
+    return h.hexdigest()
+
+
+def drop_duplicates(sources: list[Source]) -> tuple[list[Source], list[tuple[str, str]]]:
+    """(sources with every file once, (path, reason) of each row dropped). A row is a duplicate of
+    an earlier one with the same resolved path, or the same content (``digest``): analysed twice it
+    would pair a photo with itself as the same person."""
+    first_path: dict[str, Source] = {}
+    first_content: dict[str, Source] = {}
+    kept, dropped = [], []
+    for s in sources:
+        real = os.path.realpath(s.path)
+        twin, how = (first_path.get(real), "the same file") if real in first_path else (
+            first_content.get(s.digest) if s.digest else None, "the same content")
+        if twin is not None:
+            other = "" if twin.person == s.person else f"; listed there as person {twin.person!r}"
+            dropped.append((s.path, f"duplicate of {twin.path} ({how}{other}); analysed once"))
+            continue
+        first_path[real] = s
+        if s.digest:
+            first_content[s.digest] = s
+        kept.append(s)
+    return kept, dropped
 
 
 def builtin_samples() -> list[Source]:

@@ -16,10 +16,12 @@ import numpy as np
 
 from leam_jax import core, models, weights
 from leam_jax.face.pipeline import TEMPLATES
-from leam_jax.study import inputs, people, randomisation, schema, sweep, tables
+from leam_jax.study import files, inputs, people, randomisation, schema, sweep, tables
 from leam_jax.study.compute import Gallery, ModelWorker, compute_shard, embed_shard
 from leam_jax.study.config import StudyConfig
 from leam_jax.study.loader import Loader
+
+PIPELINE_MODELS = ("blazeface", "facemesh")  # the face pipeline's own weights
 
 
 def select_taps(model_taps: dict[str, tuple[str, ...]], wanted: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
@@ -39,15 +41,27 @@ def select_taps(model_taps: dict[str, tuple[str, ...]], wanted: tuple[str, ...])
     return out
 
 
-def _sources(config: StudyConfig) -> tuple[list[inputs.Source], str, bool]:
-    """(sources, a description, all_faces)."""
+def _sources(config: StudyConfig) -> tuple[list[inputs.Source], list[tuple[str, str]], str, bool]:
+    """(sources with their content digests, duplicate rows dropped as (path, reason), a description, all_faces)."""
     caps = dict(max_people=config.max_people, max_images_per_person=config.max_images_per_person)
     if config.manifest:
-        return inputs.from_manifest(config.manifest, **caps), f"manifest {config.manifest}", False
-    if config.data_dir:
-        return inputs.from_data_dir(config.data_dir, **caps), f"data_dir {config.data_dir}", False
-    # Built-in default: group photos; every face is analysed as its own identity.
-    return inputs.builtin_samples(), "built-in sample photos (every face its own id)", True
+        listed, described, all_faces = inputs.from_manifest(config.manifest, **caps), f"manifest {config.manifest}", False
+    elif config.data_dir:
+        listed, described, all_faces = inputs.from_data_dir(config.data_dir, **caps), f"data_dir {config.data_dir}", False
+    else:  # built-in default: group photos; every face is analysed as its own identity
+        listed, described, all_faces = inputs.builtin_samples(), "built-in sample photos (every face its own id)", True
+    kept, dropped = inputs.drop_duplicates(inputs.with_digests(listed, config.loader_threads))
+    return kept, dropped, described, all_faces
+
+
+def _expect_inputs(store: sweep.ShardStore, config: StudyConfig, shards) -> None:
+    """Each result's inputs digest, so --resume recomputes what changed: a shard depends on its own
+    files, except under a gallery target, where every score depends on every file (the gallery)."""
+    whole = sweep.inputs_digest([s for shard in shards for s in shard])
+    own = {sweep.shard_name(i): sweep.inputs_digest(shard) for i, shard in enumerate(shards)}
+    store.stage("embed").expect(own)
+    gallery = config.target in core.GALLERY_TARGETS
+    store.expect({**({k: whole for k in own} if gallery else own), "sanity": whole})
 
 
 def _check_models(config: StudyConfig) -> dict[str, models.ModelSpec]:
@@ -58,6 +72,8 @@ def _check_models(config: StudyConfig) -> dict[str, models.ModelSpec]:
     for s in specs.values():
         if s.template not in TEMPLATES:
             raise ValueError(f"model template {s.template!r} unknown to the face pipeline")
+    for m in (*config.models, *PIPELINE_MODELS):
+        weights.check_available(m)  # before any model loads: a missing one is named at once
     return specs
 
 
@@ -79,6 +95,7 @@ def _settings(config: StudyConfig, specs, taps, all_faces: bool, described: str)
         "all_faces": all_faces, "shard_size": config.shard_size, "inputs": described,
         "group_by": list(config.group_by), "sanity_faces": config.sanity_faces,
         "sanity_steps": config.sanity_steps, "pairs_within": config.pairs_within,
+        "max_image_pixels": config.max_image_pixels,
     }
     return json.loads(json.dumps(settings))
 
@@ -93,7 +110,7 @@ def _sweep(config: StudyConfig, specs, taps, sources, shards, store, all_faces: 
 
     loader = Loader(FacePipeline(all_faces=all_faces), sorted({s.template for s in specs.values()}),
                     aligned=config.aligned, all_faces=all_faces, threads=config.loader_threads,
-                    prefetch=config.prefetch)
+                    prefetch=config.prefetch, max_pixels=config.max_image_pixels)
     try:
         galleries = None
         if config.target in core.GALLERY_TARGETS:
@@ -160,7 +177,11 @@ def _load(name: str):
 
 
 def run(config: StudyConfig, log: Callable[[str], None] = print) -> dict:
-    """Run (or resume) the study of ``config``; returns the summary (``summary.json``)."""
+    """Run (or resume) the study of ``config``; returns the summary (``summary.json``).
+
+    Every setting, model and weight is checked before any slow work and before ``run.json`` is
+    written; the output folder is locked for this process index while the run writes to it.
+    """
     t0 = time.perf_counter()
     config.validate()
     specs = _check_models(config)
@@ -169,36 +190,47 @@ def run(config: StudyConfig, log: Callable[[str], None] = print) -> dict:
     mesh = core.batch_mesh()
     if config.batch_size % mesh.devices.size:
         raise ValueError(f"--batch_size {config.batch_size} must be a multiple of the {mesh.devices.size} devices")
-    sources, described, all_faces = _sources(config)
+    out = Path(config.output_dir)
+    with sweep.OutputLock(out, config.process_index) as lock:
+        if lock.note:
+            log(f"leam_jax: {lock.note}")
+        return _run_locked(config, specs, mesh, out, log, t0)
+
+
+def _run_locked(config: StudyConfig, specs, mesh, out: Path, log, t0: float) -> dict:
+    """Inputs, shard plan, the passes of the sweep and (process 0) the tables, with the folder locked."""
+    sources, duplicates, described, all_faces = _sources(config)
     _check_pairs_column(config, sources)
     taps = select_taps({m: s.taps for m, s in specs.items()}, tuple(config.taps))
     settings = _settings(config, specs, taps, all_faces, described)
     shards = sweep.plan_shards(sources, config.shard_size)
-    out = Path(config.output_dir)
     store = sweep.ShardStore(out, process_index=config.process_index)
     store.open(sweep.fingerprint(settings, shards), resume=config.resume, shared=config.num_processes > 1)
-    log(f"leam_jax: {len(sources)} images ({described}) in {len(shards)} shards; models {list(config.models)}; "
-        f"weightings {list(config.weightings)}; {mesh.devices.size} device(s)")
+    _expect_inputs(store, config, shards)
+    log(f"leam_jax: {len(sources)} images ({described}) in {len(shards)} shards"
+        f"{f', {len(duplicates)} duplicate rows dropped (failures.csv)' if duplicates else ''}; models "
+        f"{list(config.models)}; weightings {list(config.weightings)}; {mesh.devices.size} device(s)")
     computed = _sweep(config, specs, taps, sources, shards, store, all_faces, mesh)
     summary = {"config": settings, "output_dir": str(out.resolve()), "images": len(sources),
                "shards": len(shards), "computed_shards_this_run": computed, "models": list(config.models),
-               "weightings": list(config.weightings)}
+               "weightings": list(config.weightings), "duplicates": len(duplicates)}
     if config.stop_after_shards is not None and _missing(store, len(shards)):
         return {**summary, "stopped": True}
     if config.process_index != 0:
         return {**summary, "report": f"process {config.process_index}: shards done; process 0 writes the tables"}
-    return _finish(config, out, store, len(shards), settings, summary, t0)
+    return _finish(config, out, store, len(shards), settings, summary, t0, duplicates)
 
 
-def _finish(config: StudyConfig, out: Path, store, n_shards: int, settings: dict, summary: dict, t0: float) -> dict:
+def _finish(config: StudyConfig, out: Path, store, n_shards: int, settings: dict, summary: dict, t0: float,
+            rejected: list[tuple[str, str]]) -> dict:
     """Process 0: wait for every shard, then tables, summary.json and the report."""
     sweep.wait_for_all(store, n_shards, timeout_s=config.wait_timeout_s)
     sanity = store.load("sanity") if "sanity" in store.done() else None
     writers = [functools.partial(people.write_people, cap=config.report_people)]
     summary.update(tables.write_tables(out, [store.load(i) for i in range(n_shards)], settings, sanity=sanity,
-                                       writers=writers))
+                                       writers=writers, rejected=rejected))
     summary["seconds"] = round(time.perf_counter() - t0, 3)
-    _write_json(out / "summary.json", summary)
+    files.write_json(out / "summary.json", summary)
     report_path = None
     if config.report:
         from leam_jax.study import report
@@ -206,12 +238,6 @@ def _finish(config: StudyConfig, out: Path, store, n_shards: int, settings: dict
         report_path = report.write_report(out, faces=config.report_faces)
     summary["report"] = _describe(out, summary, report_path)
     return summary
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def _num(value: str, spec: str = ".3f") -> str:

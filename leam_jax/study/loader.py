@@ -8,8 +8,10 @@ the device (``prefetch``), so decoding overlaps the LEAM work.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -35,11 +37,41 @@ class LoadedShard:
     failures: list[tuple[str, str]]  # (path, reason), in input order
 
 
-def prepare_image(pipeline, source: Source, templates: Sequence[str], *, aligned: bool,
-                  all_faces: bool) -> list[FaceInput]:
-    """One image -> its faces (raises :class:`decode.ImageError` with the reason)."""
-    image = decode.read_rgb(source.path)
-    faces = pipeline.faces(image, source.path, aligned=aligned)
+class PixelBudget:
+    """At most ``limit`` decoded pixels in flight across the loader's threads (an image larger
+    than the rest of the budget waits; one at the limit runs alone), so the loader's memory is
+    bounded by the budget, not by the thread count or the inputs."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self._cv = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int):
+        with self._cv:
+            self._cv.wait_for(lambda: self.used == 0 or self.used + pixels <= self.limit)
+            self.used += pixels
+        try:
+            yield
+        finally:
+            with self._cv:
+                self.used -= pixels
+                self._cv.notify_all()
+
+
+def prepare_image(pipeline, source: Source, templates: Sequence[str], *, aligned: bool, all_faces: bool,
+                  max_pixels: int = decode.DEFAULT_MAX_PIXELS, budget: PixelBudget | None = None) -> list[FaceInput]:
+    """One image -> its faces (raises :class:`decode.ImageError` with the reason). The header is
+    checked against ``max_pixels`` first; the decoded photo is held under ``budget``."""
+    w, h = decode.probe(source.path, max_pixels)
+    with budget.hold(w * h) if budget is not None else contextlib.nullcontext():
+        image = decode.read_rgb(source.path, max_pixels)
+        faces = pipeline.faces(image, source.path, aligned=aligned)
+        return _face_inputs(pipeline, image, faces, source, templates, all_faces)
+
+
+def _face_inputs(pipeline, image, faces, source: Source, templates, all_faces: bool) -> list[FaceInput]:
     out = []
     for face in faces if all_faces else faces[:1]:
         crops, f2m = {}, {}
@@ -50,9 +82,10 @@ def prepare_image(pipeline, source: Source, templates: Sequence[str], *, aligned
     return out
 
 
-def _safe(pipeline, source, templates, aligned, all_faces):
+def _safe(pipeline, source, templates, aligned, all_faces, max_pixels, budget):
     try:
-        return prepare_image(pipeline, source, templates, aligned=aligned, all_faces=all_faces)
+        return prepare_image(pipeline, source, templates, aligned=aligned, all_faces=all_faces,
+                             max_pixels=max_pixels, budget=budget)
     except decode.ImageError as e:
         return (e.path, e.reason)
     except Exception as e:  # noqa: BLE001 - a bad file must not stop the sweep; the reason is kept
@@ -64,11 +97,15 @@ class Loader:
 
     ``threads=0`` (the default) starts one thread per CPU core: on an accelerator host the
     loader has the cores to itself, and decoding, cv2 warps and the detector release the GIL.
+    Whatever the thread count, the photos being worked on hold at most ``max_pixels`` decoded
+    pixels together (:class:`PixelBudget`; the bound in BUILD.md).
     """
 
     def __init__(self, pipeline, templates: Sequence[str], *, aligned: bool = False, all_faces: bool = False,
-                 threads: int = 0, prefetch: int = 1):
+                 threads: int = 0, prefetch: int = 1, max_pixels: int = decode.DEFAULT_MAX_PIXELS):
         self.pipeline = pipeline
+        self.max_pixels = max_pixels
+        self.budget = PixelBudget(max_pixels)
         self.templates = tuple(templates)
         self.aligned = aligned
         self.all_faces = all_faces
@@ -76,8 +113,8 @@ class Loader:
         self._pool = ThreadPoolExecutor(max_workers=threads if threads > 0 else (os.cpu_count() or 1), thread_name_prefix="leam-loader")
 
     def _submit(self, shard: Sequence[Source]) -> list[Future]:
-        return [self._pool.submit(_safe, self.pipeline, s, self.templates, self.aligned, self.all_faces)
-                for s in shard]
+        return [self._pool.submit(_safe, self.pipeline, s, self.templates, self.aligned, self.all_faces,
+                                  self.max_pixels, self.budget) for s in shard]
 
     def iterate(self, shards: Sequence[Sequence[Source]]) -> Iterator[LoadedShard]:
         """Loaded shards in order; up to ``prefetch`` later shards are in flight meanwhile."""

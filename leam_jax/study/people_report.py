@@ -35,6 +35,7 @@ from matplotlib.ticker import PercentFormatter
 from leam_jax.face import regions
 from leam_jax.study import figures, people
 from leam_jax.study.figures import NoData, number, text
+from leam_jax.study.files import safe_cell
 from leam_jax.study.html import esc, fmt, fmt_ci, load_npz, read_csv, section, table
 
 DIFF_CMAP = "RdBu_r"
@@ -319,6 +320,7 @@ def people_section(output_dir: str | Path, figure_dir: str | Path, *, faces: boo
             face = aligned_face(str(arrays["face_path"][i]), int(arrays["face_index"][i]), aligned, pipeline=pipeline)
             if face is None:
                 parts.append(f'<p class="note">{esc(person)}: photo not readable or face not found again.</p>')
-        parts.append(_person_part(i, person, arrays, by_person.get(person, {}), weighting, figure_dir, labels, face))
+        row = by_person.get(safe_cell(person), {})  # people.csv holds ids as files.safe_cell wrote them
+        parts.append(_person_part(i, person, arrays, row, weighting, figure_dir, labels, face))
     return section("People", "\n".join(parts))
 

@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from leam_jax.study import schema
+from leam_jax.study.files import read_json, write_atomic, write_json
 from leam_jax.study.inputs import Source
 
 SHARD_DIR = "shards"
@@ -62,17 +64,16 @@ def fingerprint(settings: dict, shards: Sequence[Sequence[Source]]) -> dict:
     return {"settings": settings, "plan_sha256": h.hexdigest(), "shards": len(shards)}
 
 
-def _write_atomic(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def inputs_digest(sources: Sequence[Source]) -> str:
+    """What a result computed from ``sources`` depends on: their rows and file contents."""
+    h = hashlib.sha256()
+    for s in sources:
+        h.update(json.dumps([s.path, s.person, list(s.attrs), s.digest]).encode())
+    return h.hexdigest()
 
 
 def shard_name(index: int) -> str:
@@ -88,37 +89,58 @@ class ShardStore:
         self.dir = self.out_dir / SHARD_DIR / stage if stage else self.out_dir / SHARD_DIR
         self.process_index = process_index
         self._manifest_path = self.dir / f"done.p{process_index}.json"
+        self._expected: dict[str, str] = {}
+        self._stages: dict[str, ShardStore] = {}
+
+    def expect(self, digests: dict[str, str]) -> None:
+        """The inputs digest each result must have been computed from (:func:`inputs_digest`):
+        a recorded result whose inputs changed since is not done, so ``--resume`` recomputes it."""
+        self._expected = dict(digests)
 
     def stage(self, name: str) -> ShardStore:
-        """The store of another pass of the same run (created if missing)."""
-        store = ShardStore(self.out_dir, process_index=self.process_index, stage=name)
-        store.dir.mkdir(parents=True, exist_ok=True)
-        return store
+        """The store of another pass of the same run (created if missing; one object per name)."""
+        if name not in self._stages:
+            self._stages[name] = ShardStore(self.out_dir, process_index=self.process_index, stage=name)
+            self._stages[name].dir.mkdir(parents=True, exist_ok=True)
+        return self._stages[name]
 
     def open(self, fp: dict, *, resume: bool, shared: bool = False) -> None:
         """Create the folder for this run, or check that it holds the same run (``resume``;
-        ``shared``: processes of one multi-host run open the same folder)."""
+        ``shared``: processes of one multi-host run open the same folder). A ``run.json`` with no
+        result recorded yet (a run that failed before its first shard) does not block the folder."""
         self.dir.mkdir(parents=True, exist_ok=True)
         run_file = self.out_dir / "run.json"
-        if run_file.exists():
-            old = json.loads(run_file.read_text())
-            if not (resume or (shared and old == fp)):
-                raise SweepError(f"{self.out_dir} already holds a run; pass --resume to continue it "
-                                 "or choose a new --output_dir")
-            if old != fp:
-                diff = sorted(k for k in set(old.get("settings", {})) | set(fp["settings"])
-                              if old.get("settings", {}).get(k) != fp["settings"].get(k))
-                what = f"settings differ: {diff}" if diff else "the input list differs"
-                raise SweepError(f"{self.out_dir} holds a different run ({what}); use a new --output_dir")
-        else:
-            _write_atomic(run_file, (json.dumps(fp, indent=2, sort_keys=True) + "\n").encode())
+        if not run_file.exists():
+            write_json(run_file, fp, sync=True)
+            return
+        old = read_json(run_file, "move the folder away or choose a new --output_dir")
+        if shared and old == fp:
+            return
+        if not shared and not self._has_results():
+            write_json(run_file, fp, sync=True)  # a run that failed before its first result
+            return
+        if not resume:
+            raise SweepError(f"{self.out_dir} already holds a run; pass --resume to continue it "
+                             "or choose a new --output_dir")
+        if old != fp:
+            diff = sorted(k for k in set(old.get("settings", {})) | set(fp["settings"])
+                          if old.get("settings", {}).get(k) != fp["settings"].get(k))
+            what = f"settings differ: {diff}" if diff else "the input list differs"
+            raise SweepError(f"{self.out_dir} holds a different run ({what}); use a new --output_dir")
+
+    def _has_results(self) -> bool:
+        return any((self.out_dir / SHARD_DIR).rglob("done.p*.json"))
 
     def done(self) -> dict[str, dict]:
-        """Recorded shards of every process whose file is present and intact."""
+        """Recorded results of every process whose file is present and intact, and (with
+        :meth:`expect`) computed from the current inputs."""
         out = {}
         for manifest in sorted(self.dir.glob("done.p*.json")):
-            for name, rec in json.loads(manifest.read_text()).items():
+            remedy = "delete it to recompute the results it lists"
+            for name, rec in read_json(manifest, remedy).items():
                 f = self.dir / f"{name}.npz"
+                if name in self._expected and rec.get("inputs") != self._expected[name]:
+                    continue
                 if f.is_file() and _sha256(f) == rec["sha256"]:
                     out[name] = rec
         return out
@@ -129,15 +151,69 @@ class ShardStore:
         np.savez_compressed(buf, **arrays)
         name = index if isinstance(index, str) else shard_name(index)
         path = self.dir / f"{name}.npz"
-        _write_atomic(path, buf.getvalue())
-        mine = json.loads(self._manifest_path.read_text()) if self._manifest_path.exists() else {}
-        mine[name] = {**record, "sha256": _sha256(path)}
-        _write_atomic(self._manifest_path, (json.dumps(mine, indent=1, sort_keys=True) + "\n").encode())
+        write_atomic(path, buf.getvalue(), sync=True)
+        remedy = "delete it to recompute the results it lists"
+        mine = read_json(self._manifest_path, remedy) if self._manifest_path.exists() else {}
+        mine[name] = {**record, "sha256": _sha256(path), "inputs": self._expected.get(name, "")}
+        write_json(self._manifest_path, mine, indent=1, sync=True)
 
     def load(self, index: int | str) -> dict[str, np.ndarray]:
         name = index if isinstance(index, str) else shard_name(index)
         with np.load(self.dir / f"{name}.npz", allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
+
+
+class OutputLock:
+    """One writer per output folder and process index: ``lock.p<index>.json`` holds the writer's pid,
+    host and start time. A second writer is refused with the holder named; a lock whose process is
+    gone from this host is stale and taken over (a lock from another host is never guessed stale)."""
+
+    def __init__(self, out_dir: Path, process_index: int = 0):
+        self.path = Path(out_dir) / f"lock.p{process_index}.json"
+        self.mine = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        self.note = ""  # set when a stale lock was taken over
+
+    def __enter__(self) -> OutputLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self._take_over_if_stale()
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.mine, f)
+            return self
+        raise SweepError(f"{self.path}: could not take the output folder's lock")
+
+    def _take_over_if_stale(self) -> None:
+        holder = read_json(self.path, "if no run is writing this folder, delete the lock file")
+        same_host = holder.get("host") == self.mine["host"]
+        if same_host and not _alive(int(holder.get("pid", -1))):
+            self.path.unlink(missing_ok=True)
+            self.note = f"took over the stale lock of pid {holder.get('pid')} (no longer running)"
+            return
+        raise SweepError(f"{self.path.parent} is in use by pid {holder.get('pid')} on {holder.get('host')} "
+                         f"since {holder.get('started')}; wait for it, or if that run is gone, delete {self.path}")
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if json.loads(self.path.read_text()) == self.mine:
+                self.path.unlink()
+        except (OSError, ValueError):
+            pass  # already gone or replaced: not ours to remove
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 @dataclasses.dataclass

@@ -26,7 +26,7 @@ import numpy as np
 
 from leam_jax import batching, core, stats
 from leam_jax.face import regions
-from leam_jax.study import schema
+from leam_jax.study import files, schema
 
 N_BOOTSTRAP = 1000
 N_PERMUTATIONS = 1000
@@ -143,16 +143,17 @@ def _fmt(v) -> str:
         return ""
     if isinstance(v, (float, np.floating)):
         return "" if not np.isfinite(v) else f"{float(v):.6g}"
-    return str(v)
+    return files.safe_cell(str(v))  # person ids, paths and attribute values are the user's strings
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence]) -> None:
+    """Every table of the study (atomic; strings neutralised against spreadsheet formulas)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
     for r in rows:
         w.writerow([_fmt(v) for v in r])
-    path.write_text(buf.getvalue(), encoding="utf-8")
+    files.write_atomic(path, buf.getvalue().encode("utf-8"))
 
 
 def mean_ci(values: np.ndarray, seed: int) -> tuple[float, float, float]:
@@ -630,11 +631,8 @@ def compute_tables(col: Collected, study: Study, sanity: dict[str, np.ndarray] |
     return out
 
 
-def _write_inputs(out_dir: Path, col: Collected) -> None:
-    with open(out_dir / "failures.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(["path", "reason"])
-        w.writerows(col.failures)
+def _write_inputs(out_dir: Path, col: Collected, rejected: Sequence[tuple[str, str]]) -> None:
+    write_csv(out_dir / "failures.csv", ["path", "reason"], [*col.failures, *rejected])
     names = attribute_names(col)
     write_csv(out_dir / "tables" / "images.csv", ["image_id", "path", "person", "face_index", *names],
               [[i, col.path[i], col.person[i], int(col.face_index[i]), *[col.attrs[i].get(k, "") for k in names]]
@@ -643,15 +641,17 @@ def _write_inputs(out_dir: Path, col: Collected) -> None:
 
 def write_tables(out_dir: Path, shard_arrays: Sequence[dict[str, np.ndarray]], settings: dict,
                  sanity: dict[str, np.ndarray] | None = None,
-                 writers: Sequence[Callable[[Path, Collected, Study], None]] = ()) -> dict:
+                 writers: Sequence[Callable[[Path, Collected, Study], None]] = (),
+                 rejected: Sequence[tuple[str, str]] = ()) -> dict:
     """Write tables/, maps/ and failures.csv (``sanity``: the randomisation check's arrays, if run;
-    ``writers``: more outputs from the same collected shards, e.g. the per-person tables);
+    ``writers``: more outputs from the same collected shards, e.g. the per-person tables;
+    ``rejected``: (path, reason) of inputs dropped before the sweep, e.g. duplicates);
     return counts for summary.json."""
     out_dir = Path(out_dir)
     (out_dir / "tables").mkdir(parents=True, exist_ok=True)
     (out_dir / "maps").mkdir(parents=True, exist_ok=True)
     col, study = collect(shard_arrays), Study.from_settings(settings)
-    _write_inputs(out_dir, col)
+    _write_inputs(out_dir, col, rejected)
     for name, rows in compute_tables(col, study, sanity).items():
         write_csv(out_dir / "tables" / f"{name}.csv", HEADERS[name], rows)
     overall, layers = mean_maps(col, study)
@@ -662,10 +662,11 @@ def write_tables(out_dir: Path, shard_arrays: Sequence[dict[str, np.ndarray]], s
         save_npz(out_dir / "maps" / "sanity.npz", sanity)  # the report's randomisation figure
     buf = io.BytesIO()
     np.save(buf, col.labels_hist.argmax(0).astype(np.int16))
-    (out_dir / "maps" / "mean_labels.npy").write_bytes(buf.getvalue())
+    files.write_atomic(out_dir / "maps" / "mean_labels.npy", buf.getvalue())
     for write in writers:
         write(out_dir, col, study)
-    return {"faces": len(col.path), "people": len(set(col.person.tolist())), "failures": len(col.failures),
+    return {"faces": len(col.path), "people": len(set(col.person.tolist())),
+            "failures": len(col.failures) + len(rejected),
             "images_with_faces": len(set(col.path.tolist()))}
 
 
@@ -677,4 +678,4 @@ def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
             member = io.BytesIO()
             np.lib.format.write_array(member, np.asarray(arrays[name]), allow_pickle=False)
             z.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), member.getvalue())
-    path.write_bytes(buf.getvalue())
+    files.write_atomic(path, buf.getvalue())

@@ -18,9 +18,10 @@ import jax
 import numpy as np
 
 from leam_jax.models.params import ParamsError, flatten, unflatten
+from leam_jax.weights.errors import WeightsError
 
 
-class CheckpointError(ParamsError):
+class CheckpointError(ParamsError, WeightsError):
     """A checkpoint is missing, damaged, or holds other params than the manifest recorded."""
 
 

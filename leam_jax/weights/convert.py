@@ -57,16 +57,36 @@ def ensure_converted(name: str, *, force: bool = False, source_file: str | None 
         checkpoint.restore(path, expected_digest=digest)
         log(f"{name}: checkpoint {path} is up to date (digest {digest[:12]})")
         return path
+    if not registry:
+        raise _no_weights(name, mod, path)
+    return _convert_package(name, mod, entry, path, log)
+
+
+def check_available(name: str) -> None:
+    """Fail now, before any slow work, if ``name`` has no checkpoint here and no pinned registry
+    package to convert it from (an existing checkpoint is verified when it loads)."""
+    path = paths.checkpoint_dir() / name
+    if path.exists():
+        return
+    mod = converter(name) if name in CONVERTERS else None
+    if mod is not None and name in getattr(mod, "EXCLUDED", {}):
+        raise ValueError(f"{name}: {mod.EXCLUDED[name]}")
+    if mod is not None and name in getattr(mod, "SOURCES", {}):
+        manifest.pinned(name)  # a registry download is converted only against pinned sha256s
+        return
+    raise _no_weights(name, mod, path)
+
+
+def _no_weights(name: str, mod: ModuleType | None, path: Path) -> Exception:
+    """The error for a model with no checkpoint here and no registry package: how to convert it."""
     if mod is None:
         arch = manifest.read_local().get(name, {}).get("architecture")
         if arch is None:
-            raise KeyError(f"unknown model {name!r}; converters exist for {sorted(CONVERTERS)}")
-        raise SourceError(f"{name}: checkpoint {path} is missing; convert your file again: "
-                          f"python -m converters {arch} --source PATH --name {name}")
-    if not registry:
-        raise SourceError(f"{name}: no registry package ships these weights; convert your file with "
-                          f"python -m converters {name} --source PATH")
-    return _convert_package(name, mod, entry, path, log)
+            return KeyError(f"unknown model {name!r}; converters exist for {sorted(CONVERTERS)}")
+        return SourceError(f"{name}: checkpoint {path} is missing; convert your file again: "
+                           f"python -m converters {arch} --source PATH --name {name}")
+    return SourceError(f"{name}: no weights here ({path} is missing) and no registry package ships them; "
+                       f"convert your file with python -m converters {name} --source PATH")
 
 
 def _read_members(archive: Path, members: list[str]) -> tuple[dict[str, bytes], dict[str, str]]:

@@ -18,12 +18,13 @@ import os
 from pathlib import Path
 
 from leam_jax.weights import paths
+from leam_jax.weights.errors import WeightsError
 
 PACKAGE_MANIFEST = Path(__file__).with_name("manifest.json")
 LOCAL_NAME = "manifest.local.json"
 
 
-class ManifestError(RuntimeError):
+class ManifestError(WeightsError):
     """A manifest is missing, unreadable, or pins nothing for a model it should."""
 
 

@@ -17,9 +17,10 @@ import tarfile
 from pathlib import Path
 
 from leam_jax.weights import manifest, paths
+from leam_jax.weights.errors import WeightsError
 
 
-class SourceError(RuntimeError):
+class SourceError(WeightsError):
     """A source file is missing, cannot be fetched, or is not the expected file."""
 
 

@@ -230,7 +230,7 @@ def test_cli_convert_and_load(torch, source, tmp_path, monkeypatch, capsys):
     assert sorted(got) == sorted(flat) and all(np.array_equal(np.asarray(got[k]), flat[k]) for k in flat)
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"garbage")
-    assert cli.main(["bisenet", "--source", str(bad)]) == 1
+    assert cli.main(["bisenet", "--source", str(bad)]) == 2
     assert "bad.pth: not a PyTorch state dict" in capsys.readouterr().err
 
 

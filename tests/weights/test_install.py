@@ -109,11 +109,11 @@ def test_wheel_install_converts_verified_and_refuses_altered_files(venv, tmp_pat
     shutil.copy(cache / "sources" / "pypi" / ARCHIVE, bad_cache / "sources" / "pypi" / ARCHIVE)
     _flip_byte(bad_cache / "sources" / "pypi" / ARCHIVE)
     refused = run("-m", "converters", "dlib_resnet", LEAM_JAX_CACHE=str(bad_cache), XDG_CACHE_HOME=str(tmp_path / "xdg2"))
-    assert refused.returncode == 1
+    assert refused.returncode == 2
     assert f"{bad_cache / 'sources' / 'pypi' / ARCHIVE}: sha256" in refused.stderr and "does not match" in refused.stderr
     assert not (tmp_path / "xdg2" / "leam_jax" / "checkpoints" / "dlib_resnet").exists()
 
     _flip_byte(max((p for p in ckpt.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size))
     damaged = run("-m", "converters", "dlib_resnet")
-    assert damaged.returncode == 1 and f"error: {ckpt}:" in damaged.stderr, damaged.stderr[-2000:]
+    assert damaged.returncode == 2 and f"error: {ckpt}:" in damaged.stderr, damaged.stderr[-2000:]
     assert _listing(site) == before

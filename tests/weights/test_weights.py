@@ -88,13 +88,13 @@ def test_user_file_onto_a_registry_name_is_refused(tmp_path, ckpt_dir, capsys, n
     before = _files(ckpt_dir)
     mine = tmp_path / "mine.dat"
     mine.write_bytes(b"my own weights")
-    assert cli.main(["dlib_resnet", "--source", str(mine)]) == 1
+    assert cli.main(["dlib_resnet", "--source", str(mine)]) == 2
     err = capsys.readouterr().err
     assert "dlib_resnet is a registry model" in err and "--name NAME" in err and "--force" in err
     # Saving under another model's name is refused too; a new name is the way.
-    assert cli.main(["dlib_resnet", "--source", str(mine), "--name", "facenet"]) == 1
+    assert cli.main(["dlib_resnet", "--source", str(mine), "--name", "facenet"]) == 2
     assert "'facenet' is another model's name" in capsys.readouterr().err
-    assert cli.main(["dlib_resnet", "--source", str(mine), "--name", "../x"]) == 1
+    assert cli.main(["dlib_resnet", "--source", str(mine), "--name", "../x"]) == 2
     assert _files(ckpt_dir) == before and not manifest.local_path().exists()
 
 
@@ -147,7 +147,7 @@ def test_user_dat_under_its_own_name_or_forced_onto_the_registry_name(tmp_path, 
     data[len(data) // 2] ^= 0x01  # inside the tensor data: still a valid .dat, other weights
     altered = tmp_path / "altered.dat"
     altered.write_bytes(bytes(data))
-    assert cli.main(["dlib_resnet", "--source", str(altered), "--force"]) == 1
+    assert cli.main(["dlib_resnet", "--source", str(altered), "--force"]) == 2
     assert "not the pinned" in capsys.readouterr().err and _files(ckpt_dir / "dlib_resnet") == before
     assert cli.main(["dlib_resnet", "--source", str(altered), "--name", "my_dlib"]) == 0
     local = json.loads(manifest.local_path().read_text())
