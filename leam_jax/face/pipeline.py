@@ -10,6 +10,16 @@ model's template (dlib's 150 chip from dlib's own 5-point geometry, or the
 ArcFace 5-point template at 112 / 224), and gives the frame->model affine
 that carries maps back. Rejections raise :class:`~leam_jax.face.decode.ImageError`
 with the file and the reason.
+
+Tight crops (the face filling the frame, as LFW-style crop sets ship them):
+when the detector finds no usable face, it runs once more on the image with a
+black border (``PAD_RETRY_FRACTION``), where the face fills less of the frame;
+boxes and keypoints come back in the original image's pixels and the mesh is
+fitted on the original (its crop beyond the image is black, the same pixels as
+the border). For folders of pre-cropped faces, ``crop=True`` skips the
+detector and starts the mesh from the whole image (no margin, no roll
+assumed), unlike ``aligned=True``, which assumes dlib's chip geometry.
+Measurements behind both: ``benchmarks/tight_crops.py``.
 """
 
 from __future__ import annotations
@@ -36,6 +46,23 @@ MESH_DLIB5 = (263, 362, 33, 133, 2)
 
 MIN_FACE_PX = 24  # a face box below this side (pixels) is rejected: too little detail to align
 MESH_CROP_SCALE = 1.5  # mesh crop side / face size (MediaPipe-style margin)
+# Padded retry: black border on each side, as a fraction of the image's long side. Tight 100 px crops of
+# ../shared/faces (benchmarks/tight_crops.py --sweep_pad): one detector pass finds 85.7%; with the retry, a black
+# border of 0.25 / 0.5 / 0.75 / 1.0 / 1.25 / 1.5 finds 97.4 / 98.5 / 99.1 / 98.9 / 99.4 / 99.1% (112 px alike).
+# 0.75 is the smallest reaching 99% (the steps past it are 1-2 images of 463) and keeps the face largest in the
+# detector's input. Black rather than replicated (98.5% at 0.75) or reflected (97.6%) edges: the detector knows
+# black letterbox bars, and black is what the mesh's warp puts beyond the image, so the mesh is fitted on the
+# original image with the same pixels around it.
+PAD_RETRY_FRACTION = 0.75
+# Below this face probability of the mesh network, the fitted mesh is doubted and the padded detector
+# tried (benchmarks/tight_crops.py: 53 of 68 fits over 5% IOD off scored below it, 1 of 391 good ones).
+MIN_MESH_SCORE = 0.5
+# crop=True: pass-1 mesh crop side / the image's long side. On tight crops (the face's extent filling the frame),
+# eye error median / p90 in % of the inter-ocular distance at 100 px, scale 1.0 / 1.25 / 1.5 / 1.75 / 2.0:
+# 1.21/2.49, 0.85/1.88, 0.83/1.89, 0.98/2.52, 1.46/3.88 (benchmarks/tight_crops.py --sweep_crop_scale): 1.25-1.5
+# is flat; 1.5 is also the mesh's own margin (MESH_CROP_SCALE), so a crop that is the face's extent gets the
+# pass-2 geometry from the start.
+CROP_MODE_SCALE = 1.5
 
 # Face parsers behind AlignedFace.labels (FacePipeline(parser=...)).
 PARSERS = ("mesh", "bisenet")
@@ -67,6 +94,9 @@ class AlignedFace:
     # parser="bisenet" only: [S, S] int, the 19 BiSeNet (CelebAMask-HQ) class ids
     # (leam_jax.models.bisenet.CLASSES); ``labels`` is then their mapping to regions.CLASSES (leam_jax.face.parsing).
     labels19: np.ndarray | None = None
+    # The mesh network's face probability on its last crop: low when the crop held no whole face (a detector
+    # false positive on part of a face; measured in benchmarks/tight_crops.py).
+    mesh_score: float = float("nan")
 
     @property
     def frame_mesh(self) -> np.ndarray:
@@ -133,7 +163,7 @@ class FacePipeline:
 
     def __init__(self, *, min_face_px: int = MIN_FACE_PX, min_score: float = detection.MIN_SCORE,
                  all_faces: bool = False, frame_size: int = alignment.ANALYSIS_SIZE,
-                 parser: str = "mesh", parser_params=None):
+                 parser: str = "mesh", parser_params=None, pad_retry: bool = True):
         if parser not in PARSERS:
             raise ValueError(f"parser must be one of {PARSERS}, got {parser!r}")
         self.parser = parser
@@ -145,6 +175,7 @@ class FacePipeline:
         self.min_face_px = min_face_px
         self.min_score = min_score
         self.all_faces = all_faces
+        self.pad_retry = pad_retry  # False: the old behaviour (one detector pass), for comparisons
         self.frame_size = frame_size
         self.template = alignment.analysis_template(frame_size)
 
@@ -159,7 +190,8 @@ class FacePipeline:
         z = pts[:, 2:3] * side / size
         return np.concatenate([xy, z], axis=1), float(np.asarray(flag).reshape(-1)[0])
 
-    def _fit_mesh(self, image: np.ndarray, box: np.ndarray, eyes: np.ndarray) -> np.ndarray:
+    def _fit_mesh(self, image: np.ndarray, box: np.ndarray, eyes: np.ndarray) -> tuple[np.ndarray, float]:
+        """(mesh [468, 3] in image pixels, the mesh network's face probability on the pass-2 crop)."""
         # Pass 1: the detector's box, rolled by its eye keypoints.
         d = eyes[1] - eyes[0]
         angle = float(np.arctan2(d[1], d[0]))
@@ -175,37 +207,92 @@ class FacePipeline:
         extent = upright.max(0) - upright.min(0)
         center = mesh[:, :2].mean(0)
         side = MESH_CROP_SCALE * float(extent.max())
-        mesh, _ = self._mesh(image, center, side, angle)
-        return mesh
+        return self._mesh(image, center, side, angle)
 
-    # -- faces -------------------------------------------------------------------
-    def faces(self, image: np.ndarray, path: str = "<array>", *, aligned: bool = False) -> list[AlignedFace]:
-        """Faces of a decoded uint8 RGB image, largest first (all, or only the largest)."""
-        h, w = image.shape[:2]
-        if min(h, w) < self.min_face_px:
-            raise decode.ImageError(path, f"image too small for a face ({w}x{h}, minimum {self.min_face_px} px)")
-        if aligned:
-            # Pre-aligned chip: the face fills the image; skip the detector.
-            box = np.array([0.0, 0.0, w, h])
-            eyes = np.array([[0.0, 0.0], [1.0, 0.0]])
-            found = [detection.Detection(box=box, keypoints=np.concatenate([eyes, np.zeros((4, 2))]), score=1.0)]
-            side_scale = 1.0 / MESH_CROP_SCALE  # the chip already has a margin
-        else:
-            found = detection.detect(self.det_apply, self.det_params, image, min_score=self.min_score)
-            side_scale = 1.0
-            if not found:
-                raise decode.ImageError(path, "no face found")
-        big = [d for d in found if min(d.box[2] - d.box[0], d.box[3] - d.box[1]) >= self.min_face_px]
+    # -- detection -----------------------------------------------------------------
+    def _usable(self, found: list[detection.Detection]) -> list[detection.Detection]:
+        return [d for d in found if min(d.box[2] - d.box[0], d.box[3] - d.box[1]) >= self.min_face_px]
+
+    def _detect_padded(self, image: np.ndarray) -> list[detection.Detection]:
+        """Detections on ``image`` with a black border, in the original image's pixels.
+
+        A tight crop's face fills the frame, larger than the faces the detector saw in training;
+        with the border it fills less of the (letterboxed) input.
+        """
+        k = int(round(PAD_RETRY_FRACTION * max(image.shape[:2])))
+        padded = cv2.copyMakeBorder(image, k, k, k, k, cv2.BORDER_CONSTANT, value=0)
+        found = detection.detect(self.det_apply, self.det_params, padded, min_score=self.min_score)
+        return [dataclasses.replace(d, box=d.box - k, keypoints=d.keypoints - k) for d in found]
+
+    def _detect(self, image: np.ndarray, path: str) -> list[detection.Detection]:
+        """Usable faces (largest first); one padded retry when there is none (``pad_retry``)."""
+        found = detection.detect(self.det_apply, self.det_params, image, min_score=self.min_score)
+        big = self._usable(found)
+        # Retry also when every face is too small: on a tight crop such a box is part of the face.
+        if not big and self.pad_retry:
+            padded = self._detect_padded(image)
+            big, found = self._usable(padded), found or padded
+        if not found:
+            raise decode.ImageError(path, "no face found")
         if not big:
             s = found[0].box
             raise decode.ImageError(path, f"face too small ({s[2] - s[0]:.0f}x{s[3] - s[1]:.0f} px, minimum {self.min_face_px})")
+        return big
+
+    @staticmethod
+    def _whole_image(w: int, h: int) -> detection.Detection:
+        """The whole image as the face box, upright (eye keypoints on a horizontal line)."""
+        eyes = np.array([[0.0, 0.0], [1.0, 0.0]])
+        return detection.Detection(box=np.array([0.0, 0.0, w, h]), keypoints=np.concatenate([eyes, np.zeros((4, 2))]),
+                                   score=1.0)
+
+    def _fit(self, image: np.ndarray, d: detection.Detection, side_scale: float):
+        """(the detection, its mesh, the mesh network's face probability)."""
+        box = d.box.copy()
+        if side_scale != 1.0:
+            c, half = (box[:2] + box[2:]) / 2, (box[2:] - box[:2]) / 2 * side_scale
+            box = np.concatenate([c - half, c + half])
+        mesh, mesh_score = self._fit_mesh(image, box, d.keypoints[:2])
+        return d, mesh, mesh_score
+
+    def _refit_padded(self, image: np.ndarray, fit):
+        """The better of ``fit`` and the padded detector's largest face, by the mesh's face probability.
+
+        A detector box on part of a face (an eye region of a tight crop or a small grey frame) passes
+        the size check, and the mesh fitted there is far off; the mesh network knows (its face
+        probability falls below ``MIN_MESH_SCORE``), and the padded image shows the whole face.
+        """
+        padded = self._usable(self._detect_padded(image))
+        if not padded:
+            return fit
+        alt = self._fit(image, padded[0], 1.0)
+        return alt if alt[2] > fit[2] else fit
+
+    # -- faces -------------------------------------------------------------------
+    def faces(self, image: np.ndarray, path: str = "<array>", *, aligned: bool = False,
+              crop: bool = False) -> list[AlignedFace]:
+        """Faces of a decoded uint8 RGB image, largest first (all, or only the largest).
+
+        ``aligned``: a dlib-style pre-aligned chip (margin included, eyes level); ``crop``: a pre-cropped
+        face filling the frame, any roll. Both skip the detector and give one face.
+        """
+        if aligned and crop:
+            raise ValueError("aligned and crop are exclusive: a dlib-aligned chip or a plain face crop")
+        h, w = image.shape[:2]
+        if min(h, w) < self.min_face_px:
+            raise decode.ImageError(path, f"image too small for a face ({w}x{h}, minimum {self.min_face_px} px)")
+        side_scale = 1.0
+        if aligned or crop:
+            big = [self._whole_image(w, h)]
+            # pass-1 side = MESH_CROP_SCALE * box side * side_scale: a dlib chip already has its margin
+            side_scale = (1.0 if aligned else CROP_MODE_SCALE) / MESH_CROP_SCALE
+        else:
+            big = self._detect(image, path)
+        fits = [self._fit(image, d, side_scale) for d in (big if self.all_faces else big[:1])]
+        if not (aligned or crop or self.all_faces) and self.pad_retry and fits[0][2] < MIN_MESH_SCORE:
+            fits[0] = self._refit_padded(image, fits[0])
         out = []
-        for i, d in enumerate(big if self.all_faces else big[:1]):
-            box = d.box.copy()
-            if side_scale != 1.0:
-                c, half = (box[:2] + box[2:]) / 2, (box[2:] - box[:2]) / 2 * side_scale
-                box = np.concatenate([c - half, c + half])
-            mesh = self._fit_mesh(image, box, d.keypoints[:2])
+        for i, (d, mesh, mesh_score) in enumerate(fits):
             p5 = mesh_points5(mesh)
             to_frame = alignment.image_to_template(p5, self.template)
             frame = _warp(image, alignment.invert_affine(to_frame), (self.frame_size, self.frame_size))
@@ -215,11 +302,11 @@ class FacePipeline:
                 labels = parsing.to_face_classes(labels19)
             else:
                 labels = regions.label_map(_apply(to_frame, mesh[:, :2]), (self.frame_size, self.frame_size))
-            out.append(AlignedFace(str(path), i, d.score, d.box, mesh, p5, to_frame, frame, labels, labels19))
+            out.append(AlignedFace(str(path), i, d.score, d.box, mesh, p5, to_frame, frame, labels, labels19, mesh_score))
         return out
 
-    def read(self, path: str | Path, *, aligned: bool = False) -> list[AlignedFace]:
-        return self.faces(decode.read_rgb(path), str(path), aligned=aligned)
+    def read(self, path: str | Path, *, aligned: bool = False, crop: bool = False) -> list[AlignedFace]:
+        return self.faces(decode.read_rgb(path), str(path), aligned=aligned, crop=crop)
 
     # -- model inputs --------------------------------------------------------------
     @staticmethod

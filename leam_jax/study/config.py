@@ -39,6 +39,9 @@ class StudyConfig:
                                 "statistic is also broken down by each attribute. Relative paths: from the CSV's folder.")
     aligned: bool = _opt(False, "Inputs are pre-aligned face chips (e.g. LFW-aligned): skip the detector, fit the mesh "
                          "to the whole chip.")
+    crops: bool = _opt(False, "Inputs are pre-cropped faces filling the frame (LFW-style crops, any roll, no "
+                       "alignment assumed): skip the detector, fit the mesh starting from the whole image. Without "
+                       "it, a photo where the detector finds no face is retried once with a black border.")
     output_dir: Path = _opt(Path("runs/default"), "Where shards, tables/, figures/, report.html, summary.json and "
                             "failures.csv go.")
     target: str = _opt(core.DEFAULT_TARGET, "Score explained (LEAM_SPEC section 1): identity = cosine to the leave-one-out "
@@ -125,6 +128,8 @@ class StudyConfig:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.process_index < self.num_processes:
             raise ValueError(f"--process_index must be in [0, {self.num_processes}), got {self.process_index}")
+        if self.aligned and self.crops:
+            raise ValueError("give --aligned (dlib-style aligned chips) or --crops (plain face crops), not both")
         if self.data_dir and self.manifest:
             raise ValueError("give --data_dir or --manifest, not both")
 

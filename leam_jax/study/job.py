@@ -91,7 +91,7 @@ def _settings(config: StudyConfig, specs, taps, all_faces: bool, described: str)
     settings = {
         **dataclasses.asdict(config.compute()),
         "models": list(config.models), "taps": {m: list(t) for m, t in taps.items()},
-        "templates": {m: s.template for m, s in specs.items()}, "aligned": config.aligned,
+        "templates": {m: s.template for m, s in specs.items()}, "aligned": config.aligned, "crops": config.crops,
         "all_faces": all_faces, "shard_size": config.shard_size, "inputs": described,
         "group_by": list(config.group_by), "sanity_faces": config.sanity_faces,
         "sanity_steps": config.sanity_steps, "pairs_within": config.pairs_within,
@@ -110,7 +110,7 @@ def _sweep(config: StudyConfig, specs, taps, sources, shards, store, all_faces: 
 
     loader = Loader(FacePipeline(all_faces=all_faces), sorted({s.template for s in specs.values()}),
                     aligned=config.aligned, all_faces=all_faces, threads=config.loader_threads,
-                    prefetch=config.prefetch, max_pixels=config.max_image_pixels)
+                    prefetch=config.prefetch, max_pixels=config.max_image_pixels, crops=config.crops)
     try:
         galleries = None
         if config.target in core.GALLERY_TARGETS:

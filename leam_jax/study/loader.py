@@ -61,13 +61,14 @@ class PixelBudget:
 
 
 def prepare_image(pipeline, source: Source, templates: Sequence[str], *, aligned: bool, all_faces: bool,
-                  max_pixels: int = decode.DEFAULT_MAX_PIXELS, budget: PixelBudget | None = None) -> list[FaceInput]:
+                  max_pixels: int = decode.DEFAULT_MAX_PIXELS, budget: PixelBudget | None = None,
+                  crops: bool = False) -> list[FaceInput]:
     """One image -> its faces (raises :class:`decode.ImageError` with the reason). The header is
     checked against ``max_pixels`` first; the decoded photo is held under ``budget``."""
     w, h = decode.probe(source.path, max_pixels)
     with budget.hold(w * h) if budget is not None else contextlib.nullcontext():
         image = decode.read_rgb(source.path, max_pixels)
-        faces = pipeline.faces(image, source.path, aligned=aligned)
+        faces = pipeline.faces(image, source.path, aligned=aligned, crop=crops)
         return _face_inputs(pipeline, image, faces, source, templates, all_faces)
 
 
@@ -82,10 +83,10 @@ def _face_inputs(pipeline, image, faces, source: Source, templates, all_faces: b
     return out
 
 
-def _safe(pipeline, source, templates, aligned, all_faces, max_pixels, budget):
+def _safe(pipeline, source, templates, aligned, all_faces, max_pixels, budget, crops):
     try:
         return prepare_image(pipeline, source, templates, aligned=aligned, all_faces=all_faces,
-                             max_pixels=max_pixels, budget=budget)
+                             max_pixels=max_pixels, budget=budget, crops=crops)
     except decode.ImageError as e:
         return (e.path, e.reason)
     except Exception as e:  # noqa: BLE001 - a bad file must not stop the sweep; the reason is kept
@@ -102,8 +103,10 @@ class Loader:
     """
 
     def __init__(self, pipeline, templates: Sequence[str], *, aligned: bool = False, all_faces: bool = False,
-                 threads: int = 0, prefetch: int = 1, max_pixels: int = decode.DEFAULT_MAX_PIXELS):
+                 threads: int = 0, prefetch: int = 1, max_pixels: int = decode.DEFAULT_MAX_PIXELS,
+                 crops: bool = False):
         self.pipeline = pipeline
+        self.crops = crops
         self.max_pixels = max_pixels
         self.budget = PixelBudget(max_pixels)
         self.templates = tuple(templates)
@@ -114,7 +117,7 @@ class Loader:
 
     def _submit(self, shard: Sequence[Source]) -> list[Future]:
         return [self._pool.submit(_safe, self.pipeline, s, self.templates, self.aligned, self.all_faces,
-                                  self.max_pixels, self.budget) for s in shard]
+                                  self.max_pixels, self.budget, self.crops) for s in shard]
 
     def iterate(self, shards: Sequence[Sequence[Source]]) -> Iterator[LoadedShard]:
         """Loaded shards in order; up to ``prefetch`` later shards are in flight meanwhile."""

@@ -159,13 +159,13 @@ def person_panel(person: str, columns: Sequence[PersonModel], path: str | Path, 
     return figures._save(fig, path)
 
 
-def aligned_face(path: str | Path, face_index: int, aligned: bool, *, pipeline=None) -> np.ndarray | None:
+def aligned_face(path: str | Path, face_index: int, mode: str, *, pipeline=None) -> np.ndarray | None:
     """The face ``face_index`` of one photo warped into the analysis frame, [F, F, 3] uint8
     (F = ``alignment.ANALYSIS_SIZE``), or None when the photo cannot be read or that face is not
     found again.
 
     Re-runs the face pipeline (detect, mesh, align) at report time, as the sweep did
-    (``aligned``: the run's ``--aligned`` setting). Used only with ``--report_faces``: face pixels
+    (``mode``: "aligned" or "crops" as the run's ``--aligned``/``--crops``, else ""). Used only with ``--report_faces``: face pixels
     never enter shards, tables, maps or the default report. ``pipeline``: a
     :class:`~leam_jax.face.pipeline.FacePipeline` with ``all_faces=True`` to reuse across
     calls (built here otherwise; that loads the detector and mesh weights).
@@ -175,7 +175,7 @@ def aligned_face(path: str | Path, face_index: int, aligned: bool, *, pipeline=N
 
     pipeline = pipeline if pipeline is not None else FacePipeline(all_faces=True)
     try:
-        found = pipeline.read(path, aligned=aligned)
+        found = pipeline.read(path, aligned=mode == "aligned", crop=mode == "crops")
     except decode.ImageError:
         return None
     if not 0 <= face_index < len(found):
@@ -242,17 +242,18 @@ def _img(path: Path, alt: str) -> str:
 
 
 def _face_source(output_dir: Path, faces: bool):
-    """(a FacePipeline or None, the run's ``aligned`` setting, why faces are not shown or "")."""
+    """(a FacePipeline or None, the run's input mode for :func:`aligned_face`, why faces are not shown or "")."""
     if not faces:
-        return None, False, ""
+        return None, "", ""
     summary = output_dir / "summary.json"
     config = json.loads(summary.read_text(encoding="utf-8")).get("config", {}) if summary.is_file() else {}
     try:
         from leam_jax.face.pipeline import FacePipeline
 
-        return FacePipeline(all_faces=True), bool(config.get("aligned", False)), ""
+        mode = "aligned" if config.get("aligned") else "crops" if config.get("crops") else ""
+        return FacePipeline(all_faces=True), mode, ""
     except Exception as e:  # noqa: BLE001 - missing weights must not stop the report; the reason is shown
-        return None, False, f"face pipeline unavailable ({type(e).__name__}: {e})"
+        return None, "", f"face pipeline unavailable ({type(e).__name__}: {e})"
 
 
 def _clear_figures(figure_dir: Path) -> None:
@@ -302,7 +303,7 @@ def people_section(output_dir: str | Path, figure_dir: str | Path, *, faces: boo
     _clear_figures(figure_dir)
     if not arrays:
         parts.append('<p class="note">maps/people.npz not found: no per-person figures.</p>')
-    pipeline, aligned, why = _face_source(output_dir, faces)
+    pipeline, mode, why = _face_source(output_dir, faces)
     if why:
         parts.append(f'<p class="note">Faces not shown: {esc(why)}.</p>')
     elif pipeline is not None:
@@ -317,7 +318,7 @@ def people_section(output_dir: str | Path, figure_dir: str | Path, *, faces: boo
     for i, person in enumerate(chosen):
         face = None
         if pipeline is not None:
-            face = aligned_face(str(arrays["face_path"][i]), int(arrays["face_index"][i]), aligned, pipeline=pipeline)
+            face = aligned_face(str(arrays["face_path"][i]), int(arrays["face_index"][i]), mode, pipeline=pipeline)
             if face is None:
                 parts.append(f'<p class="note">{esc(person)}: photo not readable or face not found again.</p>')
         row = by_person.get(safe_cell(person), {})  # people.csv holds ids as files.safe_cell wrote them

@@ -278,11 +278,11 @@ def test_aligned_face_on_a_real_photo(faces_dir):
     except packages.SourceError as e:
         pytest.skip(f"face pipeline weights unavailable: {e}")
     photo = sorted((faces_dir / "dlib_johns").rglob("*.jpg"))[0]
-    face = people_report.aligned_face(photo, 0, False, pipeline=pipeline)
+    face = people_report.aligned_face(photo, 0, "", pipeline=pipeline)
     assert face.shape == (alignment.ANALYSIS_SIZE, alignment.ANALYSIS_SIZE, 3) and face.dtype == np.uint8
     np.testing.assert_array_equal(face, pipeline.read(photo)[0].frame)
-    assert people_report.aligned_face(photo, 5, False, pipeline=pipeline) is None
-    assert people_report.aligned_face(faces_dir / "missing.jpg", 0, False, pipeline=pipeline) is None
+    assert people_report.aligned_face(photo, 5, "", pipeline=pipeline) is None
+    assert people_report.aligned_face(faces_dir / "missing.jpg", 0, "", pipeline=pipeline) is None
 
 
 def test_person_bc_pads_without_changing_values():
@@ -303,13 +303,13 @@ def test_section_with_faces_draws_them_and_notes_misses(run, tmp_path, monkeypat
     _write_people(tmp_path, col, study, cap=2)
     seen = []
 
-    def fake_face(path, face_index, aligned, *, pipeline):
-        seen.append((path, face_index, aligned))
+    def fake_face(path, face_index, mode, *, pipeline):
+        seen.append((path, face_index, mode))
         return np.full((256, 256, 3), 128, np.uint8) if path.endswith("6.jpg") else None
 
-    monkeypatch.setattr(people_report, "_face_source", lambda out, faces: (object(), True, ""))
+    monkeypatch.setattr(people_report, "_face_source", lambda out, faces: (object(), "crops", ""))
     monkeypatch.setattr(people_report, "aligned_face", fake_face)
     html = people_report.people_section(tmp_path, tmp_path / "f", faces=True)
-    assert seen == [("/d/C/6.jpg", 0, True), ("/d/A/0.jpg", 0, True)]
+    assert seen == [("/d/C/6.jpg", 0, "crops"), ("/d/A/0.jpg", 0, "crops")]
     assert "A: photo not readable or face not found again" in html and "contains face photos" in html
     assert html.count("data:image/png;base64,") == 2

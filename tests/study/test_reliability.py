@@ -74,6 +74,12 @@ def test_bad_flags_fail_at_once_with_one_line_and_exit_2(cli, tmp_path, flag, me
     assert not (tmp_path / "out" / "run.json").exists()
 
 
+def test_aligned_and_crops_are_exclusive(cli, tmp_path):
+    code, err = cli("--aligned", "--crops")
+    assert code == 2 and "give --aligned (dlib-style aligned chips) or --crops" in err
+    assert not (tmp_path / "out" / "run.json").exists()
+
+
 def test_a_model_without_weights_is_named_before_any_model_loads(cli, tmp_path, monkeypatch):
     """6 and 1: --models=dlib_resnet,iresnet50 used to fail only after dlib loaded, as a SourceError
     traceback, leaving a run.json that blocked the folder."""
