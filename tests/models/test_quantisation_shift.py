@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.weights, pytest.mark.faces]
+# slow: the same measurement as benchmarks/quantisation_shift.py, kept out of the default suite for time
+pytestmark = [pytest.mark.weights, pytest.mark.faces, pytest.mark.slow]
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "quantisation_shift.py"
 

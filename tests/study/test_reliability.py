@@ -209,23 +209,29 @@ HOSTILE = '=HYPERLINK("http://x","y")'
 
 
 def test_user_strings_never_reach_a_spreadsheet_as_formulas(tmp_path):
-    from tests.study import test_tables_oracle as oracle
+    """4: a person id or path starting with = + - @ landed raw in tables/images.csv."""
+    from tests.study import test_study_units as units
 
     rng = np.random.default_rng(0)
-    shards = [oracle._shard(rng, oracle.PERSONS[0]), oracle._shard(rng, oracle.PERSONS[1])]
-    evil = {"a": HOSTILE, "b": "+cmd|' /C calc'!A0", "c": "@SUM(1+1)", "d": "-2+3", "e": "-0.5"}
+    evil = {"a": HOSTILE, "b": "+cmd|' /C calc'!A0", "c": "@SUM(1+1)", "d": "-0.5"}
+    shards = [units._fake_shard(rng, ["a", "a", "b"]), units._fake_shard(rng, ["c", "c", "d", "d"])]
     for s in shards:
         s["meta/person"] = np.array([evil[p] for p in s["meta/person"]])
         s["meta/path"] = np.array(["=" + p for p in s["meta/path"]])
-    tables.write_tables(tmp_path, shards, oracle.SETTINGS, rejected=[("@evil.jpg", "=1+1")])
+        s["meta/attrs"] = np.array([json.dumps([["gender", "-x+1"]]) for _ in s["meta/path"]])
+    settings = {"seed": 0, "models": ["m1"], "weightings": ["gradcam"], "top_percents": [1], "occlusion_percents": [1],
+                "occlusion_fills": ["mean"], "taps": {"m1": ["t1", "t2"]}, "transfer_percent": 1.0}
+    from leam_jax.study import people
+
+    tables.write_tables(tmp_path, shards, settings, rejected=[("@evil.jpg", "=1+1")],
+                        writers=[lambda out, col, study: people.write_people(out, col, study, cap=2)])
     with open(tmp_path / "tables" / "images.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    persons = {r["person"] for r in rows}
-    assert persons == {"'" + HOSTILE, "'+cmd|' /C calc'!A0", "'@SUM(1+1)", "'-2+3", "-0.5"}  # a number stays one
-    assert all(r["path"].startswith("'=") for r in rows)
+    assert {r["person"] for r in rows} == {"'" + HOSTILE, "'+cmd|' /C calc'!A0", "'@SUM(1+1)", "-0.5"}  # a number stays
+    assert all(r["path"].startswith("'=") and r["gender"] == "'-x+1" for r in rows)
     with open(tmp_path / "failures.csv", encoding="utf-8") as f:
         assert list(csv.DictReader(f))[-1] == {"path": "'@evil.jpg", "reason": "'=1+1"}
-    for table in (tmp_path / "tables").glob("*.csv"):
+    for table in [*(tmp_path / "tables").glob("*.csv"), tmp_path / "failures.csv"]:
         with open(table, encoding="utf-8") as f:
             for row in csv.reader(f):
                 assert not any(c.startswith(files.FORMULA_PREFIXES) and not _number(c) for c in row), (table, row)
