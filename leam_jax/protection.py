@@ -77,25 +77,6 @@ def _float(x: jax.Array) -> jax.Array:
     return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)
 
 
-def _warp_one(image: jax.Array, m: jax.Array, out_shape: tuple[int, int]) -> jax.Array:
-    # The rule of leam_jax.face.alignment.warp_affine (dlib's interpolate_bilinear), which the core may not
-    # import: a sample whose 2x2 neighbourhood is not wholly inside the image is 0. One gather per corner.
-    h, w = out_shape
-    ys, xs = jnp.meshgrid(jnp.arange(h, dtype=image.dtype), jnp.arange(w, dtype=image.dtype), indexing="ij")
-    src_x = m[0, 0] * xs + m[0, 1] * ys + m[0, 2]
-    src_y = m[1, 0] * xs + m[1, 1] * ys + m[1, 2]
-    h_in, w_in = image.shape[0], image.shape[1]
-    inside = (src_x >= 0) & (src_y >= 0) & (src_x < w_in - 1) & (src_y < h_in - 1)
-    x0, y0 = jnp.floor(src_x), jnp.floor(src_y)
-    fx, fy = (src_x - x0)[..., None], (src_y - y0)[..., None]
-    corner = jnp.clip(y0.astype(jnp.int32), 0, h_in - 2) * w_in + jnp.clip(x0.astype(jnp.int32), 0, w_in - 2)
-    flat = image.reshape(h_in * w_in, -1)
-    at = lambda offset: jnp.take(flat, corner + offset, axis=0)
-    top = at(0) * (1.0 - fx) + at(1) * fx
-    bottom = at(w_in) * (1.0 - fx) + at(w_in + 1) * fx
-    return (top * (1.0 - fy) + bottom * fy) * inside[..., None]
-
-
 def warp_affine_batch(images: jax.Array, out_to_in: jax.Array, out_shape: tuple[int, int]) -> jax.Array:
     """Bilinear warp of each image: ``out[b, y, x] = images[b](out_to_in[b] @ [x, y, 1])``.
 
@@ -116,7 +97,7 @@ def warp_affine_batch(images: jax.Array, out_to_in: jax.Array, out_shape: tuple[
         raise ValueError(f"images must be [B, H >= 2, W >= 2, C], got {images.shape}")
     if out_to_in.shape != (images.shape[0], 2, 3):
         raise ValueError(f"out_to_in must be [B={images.shape[0]}, 2, 3], got {out_to_in.shape}")
-    warp = functools.partial(_warp_one, out_shape=(int(out_shape[0]), int(out_shape[1])))
+    warp = functools.partial(core.warp_affine, out_shape=(int(out_shape[0]), int(out_shape[1])))
     return jax.vmap(warp)(images, jnp.asarray(out_to_in, images.dtype))
 
 

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from leam_jax import core
+
 # dlib's 5-point template (x, y in [0, 1]) in the order of its 5-point shape
 # predictor: two corners of the image-right eye, two of the image-left eye,
 # and the bottom of the nose.
@@ -100,26 +102,7 @@ def warp_affine(image: jax.Array, out_to_in: jax.Array, out_shape: tuple[int, in
     the same way). Args: image [H, W, C]; out_to_in [2, 3]; out_shape (h, w).
     Returns [h, w, C] float32.
     """
-    h, w = out_shape
-    ys, xs = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij")
-    m = jnp.asarray(out_to_in, jnp.float32)
-    src_x = m[0, 0] * xs + m[0, 1] * ys + m[0, 2]
-    src_y = m[1, 0] * xs + m[1, 1] * ys + m[1, 2]
-    img = jnp.asarray(image, jnp.float32)
-    h_in, w_in = img.shape[0], img.shape[1]
-    inside = (src_x >= 0) & (src_y >= 0) & (src_x < w_in - 1) & (src_y < h_in - 1)
-    x0 = jnp.floor(src_x)
-    y0 = jnp.floor(src_y)
-    fx = (src_x - x0)[..., None]
-    fy = (src_y - y0)[..., None]
-    # One gather of all C channels per corner: a per-channel gather (map_coordinates under vmap)
-    # was 4x slower on CPU for stacks of layer maps.
-    corner = jnp.clip(y0.astype(jnp.int32), 0, h_in - 2) * w_in + jnp.clip(x0.astype(jnp.int32), 0, w_in - 2)
-    flat = img.reshape(h_in * w_in, -1)
-    at = lambda offset: jnp.take(flat, corner + offset, axis=0)
-    top = at(0) * (1.0 - fx) + at(1) * fx
-    bottom = at(w_in) * (1.0 - fx) + at(w_in + 1) * fx
-    return (top * (1.0 - fy) + bottom * fy) * inside[..., None]
+    return core.warp_affine(jnp.asarray(image, jnp.float32), jnp.asarray(out_to_in, jnp.float32), out_shape)
 
 
 def dlib_face_chip(image: jax.Array, points5: np.ndarray, size: int = 150, padding: float = 0.25) -> jax.Array:
