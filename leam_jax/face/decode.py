@@ -72,10 +72,11 @@ def probe(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> tupl
     return dims
 
 
-def read_checked(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
+def read_checked(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 dims: tuple[int, int] | None = None) -> bytes:
     """The bytes of a file that :func:`probe` accepts (at most 8 bytes per declared pixel, more
-    than any accepted format needs, plus room for metadata)."""
-    w, h = probe(path, max_pixels)
+    than any accepted format needs, plus room for metadata); ``dims``: probe's answer, if already read."""
+    w, h = dims if dims is not None else probe(path, max_pixels)
     max_bytes = MAX_HEADER_SEARCH + 8 * w * h
     try:
         with open(path, "rb") as f:

@@ -6,7 +6,6 @@ import csv
 import dataclasses
 import functools
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path

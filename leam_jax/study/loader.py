@@ -67,7 +67,7 @@ def prepare_image(pipeline, source: Source, templates: Sequence[str], *, aligned
     checked against ``max_pixels`` first; the decoded photo is held under ``budget``."""
     w, h = decode.probe(source.path, max_pixels)
     with budget.hold(w * h) if budget is not None else contextlib.nullcontext():
-        image = decode.read_rgb(source.path, max_pixels)
+        image = decode.decode_rgb(decode.read_checked(source.path, max_pixels, (w, h)), source.path)
         faces = pipeline.faces(image, source.path, aligned=aligned, crop=crops)
         return _face_inputs(pipeline, image, faces, source, templates, all_faces)
 
