@@ -132,6 +132,7 @@ def _fake_shard(rng, persons, models=("m1",), weightings=("gradcam",), n_taps=2)
     return out
 
 
+@pytest.mark.slow  # suite time; byte-identical tables across runs are also checked end to end in test_study.py
 def test_write_tables_is_deterministic_and_groups(tmp_path):
     rng = np.random.default_rng(4)
     shards = [_fake_shard(rng, ["a", "a", "b"]), _fake_shard(rng, ["c", "c", "d", "d"])]
