@@ -191,6 +191,7 @@ def model_scores(
     galleries: Sequence[jax.Array] | None = None,
     person_ids: jax.Array | None = None,
     temperature: float = core.DEFAULT_TEMPERATURE,
+    active: jax.Array | None = None,
 ) -> jax.Array:
     """The person's score on each source model, of the photos as given. -> [B, M].
 
@@ -204,28 +205,41 @@ def model_scores(
       score: ``cosine`` (``<ê, r̂>``) or ``identification`` (``log softmax`` over ``galleries[m]``
         [P, D_m] at ``person_ids`` [B], the own row replaced by the reference; see
         :func:`leam_jax.core.identification_score`).
+      active: [M] bool (data, not static): the members to score; an inactive member scores 0 and costs
+        nothing (one compiled program serves every sub-ensemble).
     """
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, got {score!r}")
     photos = _float(photos)
     draws = None if view_key is None else _draw(view_key, photos.shape[0], eot_config, photos.dtype)
     viewed = photos if draws is None else _view_photos(photos, draws, eot_config)
-    out = []
-    for m, model in enumerate(models):
+
+    def one(m, model):
         a = jnp.asarray(affines[m], photos.dtype)
         a = a if draws is None else _jitter(a, draws, model.input_size)
         emb = model.apply(model.params, model.inputs(viewed, a))[0]
         if score == "cosine":
-            out.append(core.identity_score(emb, references[m]))
-        else:
-            out.append(core.identification_score(emb, references[m], galleries[m], person_ids, temperature))
+            return core.identity_score(emb, references[m])
+        return core.identification_score(emb, references[m], galleries[m], person_ids, temperature)
+
+    out = []
+    for m, model in enumerate(models):
+        if active is None:
+            out.append(one(m, model))
+        else:  # a scalar predicate: an inactive member's forward and backward pass are skipped, not masked
+            out.append(jax.lax.cond(active[m], lambda m=m, model=model: one(m, model).astype(photos.dtype),
+                                    lambda: jnp.zeros(photos.shape[:1], photos.dtype)))
     return jnp.stack(out, axis=1)
 
 
 def dodging_loss(models: Sequence[SourceModel], photos: jax.Array, affines: Sequence[jax.Array],
-                 references: Sequence[jax.Array], **kwargs) -> jax.Array:
-    """The ensemble's score to lower: the sum over source models of :func:`model_scores`. -> [B]."""
-    return jnp.sum(model_scores(models, photos, affines, references, **kwargs), axis=1)
+                 references: Sequence[jax.Array], *, weights: jax.Array | None = None, **kwargs) -> jax.Array:
+    """The ensemble's score to lower: the sum over source models of :func:`model_scores`, each times its
+    ``weights`` entry ([M], data; default 1; a member of weight 0 is skipped). -> [B]."""
+    if weights is None:
+        return jnp.sum(model_scores(models, photos, affines, references, **kwargs), axis=1)
+    scores = model_scores(models, photos, affines, references, active=weights != 0, **kwargs)
+    return jnp.sum(scores * weights.astype(scores.dtype), axis=1)
 
 
 # ---------------------------------------------------------------------------
@@ -273,7 +287,7 @@ def _bounds(photos: jax.Array, masks: jax.Array, epsilon: jax.Array) -> Callable
 
 
 def _protect(models, photos, masks, affines, references, galleries, person_ids, valid, epsilon, step_size, key,
-             *, steps, optimizer, eot, eot_config, score, temperature, keep_iterates):
+             weights, *, steps, optimizer, eot, eot_config, score, temperature, keep_iterates):
     photos = _float(photos)
     inside = jnp.asarray(masks) > 0.5
     project = _bounds(photos, inside, epsilon)
@@ -281,7 +295,7 @@ def _protect(models, photos, masks, affines, references, galleries, person_ids, 
                   temperature=temperature)
 
     def total(delta, view_key):
-        per = dodging_loss(models, photos + delta, affines, references, view_key=view_key, **common)
+        per = dodging_loss(models, photos + delta, affines, references, view_key=view_key, weights=weights, **common)
         return jnp.sum(jnp.where(valid, per, 0.0)), per
 
     grad_fn = jax.value_and_grad(total, has_aux=True)
@@ -366,6 +380,14 @@ def _per_image(value, b: int, name: str) -> jax.Array:
     return v
 
 
+def _weights(weights, m: int) -> jax.Array:
+    """[M] float32 member weights (default: all 1); finite, >= 0, at least one positive."""
+    w = jnp.ones((m,), jnp.float32) if weights is None else jnp.asarray(weights, jnp.float32)
+    if w.shape != (m,) or not bool(jnp.all(jnp.isfinite(w) & (w >= 0))) or not bool(jnp.any(w > 0)):
+        raise ValueError(f"weights must be [M={m}] finite, >= 0, with one positive at least, got {weights}")
+    return w
+
+
 def default_step_size(epsilon, steps: int):
     """``2.5 ε / steps`` (see :data:`STEP_SIZE_FACTOR`)."""
     return STEP_SIZE_FACTOR * jnp.asarray(epsilon, jnp.float32) / steps
@@ -390,6 +412,7 @@ def protect(
     person_ids: jax.Array | None = None,
     temperature: float = core.DEFAULT_TEMPERATURE,
     keep_iterates: bool = False,
+    weights=None,
 ) -> ProtectionResult:
     """Optimise a masked, ε-bounded perturbation of each photo that lowers the person's score (jit-compiled).
 
@@ -409,6 +432,8 @@ def protect(
       key: the views' random key (default ``PRNGKey(0)``); equal keys give byte-identical results.
       score: ``cosine`` or ``identification`` (needs ``galleries`` and ``person_ids``; see :func:`model_scores`).
       keep_iterates: also return every iterate (memory: T + 1 photos per image).
+      weights: [M] the members' weights in the loss (data: default all 1; 0 leaves a member out, its
+        passes skipped: one compiled program serves every sub-ensemble); ``scores_*`` report every member.
 
     Returns:
       :class:`ProtectionResult`.
@@ -423,7 +448,7 @@ def protect(
     step_size = default_step_size(epsilon, steps) if step_size is None else _per_image(step_size, b, "step_size")
     key = jax.random.PRNGKey(0) if key is None else key
     return _protect_jit(models, photos, masks, affines, references, galleries, person_ids, jnp.ones((b,), bool),
-                        epsilon, step_size, key, steps=steps, optimizer=optimizer, eot=eot, eot_config=eot_config,
+                        epsilon, step_size, key, _weights(weights, len(models)), steps=steps, optimizer=optimizer, eot=eot, eot_config=eot_config,
                         score=score, temperature=float(temperature), keep_iterates=keep_iterates)
 
 
@@ -506,6 +531,7 @@ class ProtectionRunner:
         key: jax.Array | None = None,
         galleries: Sequence[jax.Array] | None = None,
         person_ids: jax.Array | None = None,
+        weights=None,
     ) -> ProtectionResult:
         """Protect up to ``batch_size`` photos (arguments as :func:`protect`); results cut to their count."""
         photos = _float(photos)
@@ -521,5 +547,5 @@ class ProtectionRunner:
         out = self._fn(models, put(photos), put(masks), tuple(put(a) for a in affines),
                        tuple(put(r) for r in references), None if galleries is None else self.placement.replicate(galleries),
                        put(person_ids), self.placement.valid(n), put(epsilon), put(step_size),
-                       self.placement.replicate(key))
+                       self.placement.replicate(key), self.placement.replicate(_weights(weights, len(models))))
         return out if n == self.batch_size else jax.tree_util.tree_map(lambda a: a[:n], out)

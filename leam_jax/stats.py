@@ -327,14 +327,20 @@ def roc_auc(scores: jax.Array, positive: jax.Array) -> jax.Array:
     return jnp.where((n_pos > 0) & (n_neg > 0), auc, jnp.nan)
 
 
-def tar_at_far(scores: jax.Array, positive: jax.Array, far: float = 0.01) -> jax.Array:
-    """True-accept rate at the threshold where at most ``far`` of negative pairs are accepted
-    (scores strictly above the ``floor(far * n_neg)``-th best negative)."""
+def threshold_at_far(scores: jax.Array, positive: jax.Array, far: float = 0.01) -> jax.Array:
+    """The accept threshold at which at most ``far`` of the negatives score strictly above it: the
+    ``floor(far * n_neg)``-th best negative score (0-based; -inf when that is past the last)."""
     scores, positive = jnp.asarray(scores, jnp.float32), jnp.asarray(positive, bool)
     n_neg = jnp.sum(~positive)
     neg_desc = -jnp.sort(jnp.where(positive, jnp.inf, -scores))  # negatives first, best first
     k = jnp.floor(far * n_neg).astype(jnp.int32)
-    threshold = jnp.where(k < n_neg, neg_desc[jnp.minimum(k, scores.shape[0] - 1)], -jnp.inf)
+    return jnp.where(k < n_neg, neg_desc[jnp.minimum(k, scores.shape[0] - 1)], -jnp.inf)
+
+
+def tar_at_far(scores: jax.Array, positive: jax.Array, far: float = 0.01) -> jax.Array:
+    """True-accept rate at :func:`threshold_at_far` (accepted: strictly above it)."""
+    scores, positive = jnp.asarray(scores, jnp.float32), jnp.asarray(positive, bool)
+    threshold = threshold_at_far(scores, positive, far)
     n_pos = jnp.sum(positive)
     tar = jnp.sum(positive & (scores > threshold)) / jnp.maximum(n_pos, 1)
     return jnp.where(n_pos > 0, tar, jnp.nan)
@@ -471,6 +477,26 @@ def person_bootstrap_weights(
     if num_people < 1 or num_draws < 1:
         raise ValueError(f"need num_people >= 1 and num_draws >= 1, got {num_people} and {num_draws}")
     return _pair_weights(_resample_counts(key, num_people, num_people, num_draws), person_a, person_b)
+
+
+@functools.partial(jax.jit, static_argnames=("num_people", "num_draws"))
+def person_bootstrap_mean(key: jax.Array, values: jax.Array, person_ids: jax.Array, num_people: int,
+                          num_draws: int = 2000) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Mean of per-image ``values`` [N] and its 95% percentile interval under the person bootstrap
+    (:func:`person_bootstrap_weights`: a drawn person brings all their images). NaN values are left out.
+
+    Returns (mean, low, high).
+    """
+    values = jnp.asarray(values, jnp.float32)
+    ok = jnp.isfinite(values)
+    ids = jnp.asarray(person_ids, jnp.int32)
+    w = person_bootstrap_weights(key, ids, ids, num_people, num_draws) * ok  # [D, N]
+    v = jnp.where(ok, values, 0.0)
+    means = (w @ v) / jnp.maximum(jnp.sum(w, axis=1), 1)
+    means = jnp.where(jnp.sum(w, axis=1) > 0, means, jnp.nan)
+    mean = jnp.sum(v) / jnp.maximum(jnp.sum(ok), 1)
+    low, high = jnp.nanpercentile(means, jnp.array([2.5, 97.5]))
+    return jnp.where(jnp.any(ok), mean, jnp.nan), low, high
 
 
 @functools.partial(

@@ -112,6 +112,7 @@ def _post(overall, per_layer, f2m, labels, *, top_percents, map_size, layer_size
 
 
 _top_mask = core.jit(stats.top_percent_mask, static_argnames=("percent",))
+_to_frame_jit = core.jit(_to_frame)
 
 
 @core.jit(static_argnames=("side", "percent"))
@@ -252,6 +253,20 @@ class ModelWorker:
         """Overall maps of the two baselines: input-gradient saliency and last-layer Grad-CAM."""
         return {"input_gradient": self._input_grad(self.params, x, refs, ids, gallery),
                 "last_layer": self.last_layer(x, references=refs, person_ids=ids, gallery=gallery).overall}
+
+    def frame_maps(self, x: np.ndarray, f2m: np.ndarray, refs: np.ndarray, ids=None,
+                   gallery: jax.Array | None = None) -> dict[str, np.ndarray]:
+        """Overall maps in the analysis frame [N, F, F] of every weighting and of ``last_layer``
+        (Grad-CAM), for N model inputs with their frame->model affines (the protection's masks)."""
+        rows = _Rows()
+        id_rows = np.zeros(len(x), np.int32) if ids is None else ids
+        for _, k, (xb, rb, fb, ib) in self.batches(np.asarray(x, np.float32), refs, f2m, id_rows):
+            ib = None if ids is None else ib
+            overall = {w: lm.overall for w, lm in self.leam(xb, rb, ib, gallery).items()}
+            overall["last_layer"] = self.baselines(xb, rb, ib, gallery)["last_layer"]
+            for name, m in overall.items():
+                rows.add(name, _to_frame_jit(m, fb), k)
+        return rows.arrays()
 
     def gallery_inputs(self, persons: Sequence[str], gallery: Gallery | None):
         """(gallery rows [N] or None, the gallery placed on the devices or None) for this target."""

@@ -83,10 +83,10 @@ def _face_inputs(pipeline, image, faces, source: Source, templates, all_faces: b
     return out
 
 
-def _safe(pipeline, source, templates, aligned, all_faces, max_pixels, budget, crops):
+def _safe(prepare, pipeline, source, templates, aligned, all_faces, max_pixels, budget, crops):
     try:
-        return prepare_image(pipeline, source, templates, aligned=aligned, all_faces=all_faces,
-                             max_pixels=max_pixels, budget=budget, crops=crops)
+        return prepare(pipeline, source, templates, aligned=aligned, all_faces=all_faces,
+                       max_pixels=max_pixels, budget=budget, crops=crops)
     except decode.ImageError as e:
         return (e.path, e.reason)
     except Exception as e:  # noqa: BLE001 - a bad file must not stop the sweep; the reason is kept
@@ -104,8 +104,9 @@ class Loader:
 
     def __init__(self, pipeline, templates: Sequence[str], *, aligned: bool = False, all_faces: bool = False,
                  threads: int = 0, prefetch: int = 1, max_pixels: int = decode.DEFAULT_MAX_PIXELS,
-                 crops: bool = False):
+                 crops: bool = False, prepare=prepare_image):
         self.pipeline = pipeline
+        self.prepare = prepare  # prepare_image's signature; what one image becomes
         self.crops = crops
         self.max_pixels = max_pixels
         self.budget = PixelBudget(max_pixels)
@@ -116,7 +117,7 @@ class Loader:
         self._pool = ThreadPoolExecutor(max_workers=threads if threads > 0 else (os.cpu_count() or 1), thread_name_prefix="leam-loader")
 
     def _submit(self, shard: Sequence[Source]) -> list[Future]:
-        return [self._pool.submit(_safe, self.pipeline, s, self.templates, self.aligned, self.all_faces,
+        return [self._pool.submit(_safe, self.prepare, self.pipeline, s, self.templates, self.aligned, self.all_faces,
                                   self.max_pixels, self.budget, self.crops) for s in shard]
 
     def iterate(self, shards: Sequence[Sequence[Source]]) -> Iterator[LoadedShard]:

@@ -19,7 +19,8 @@ OPTIMISING = ("leam_jax.protection",)  # pure modules that optimise: optax too (
 # Stages, earliest first: a module may import its own stage or an earlier one.
 STAGES = (("pure", PURE), ("models", ("leam_jax.models",)), ("converters", ("converters",)),
           ("weights", ("leam_jax.weights",)), ("face", ("leam_jax.face",)), ("study", ("leam_jax.study",)),
-          ("main", ("leam_jax.main", "converters.__main__")))
+          ("protect", ("leam_jax.protect",)),
+          ("main", ("leam_jax.main", "leam_jax.cli_flags", "leam_jax.protect.__main__", "converters.__main__")))
 
 
 def _module_name(path: Path) -> str:

@@ -282,6 +282,24 @@ def test_runner_compiles_once_for_ragged_batches_and_any_budget(sources, runs):
     assert float(jnp.abs(small.delta).max()) <= 2.0
 
 
+def test_member_weights_scale_the_sum_and_a_zero_weight_leaves_the_member_out(sources, runs):
+    models, refs = sources
+    w = jnp.array([2.0, 0.5])
+    loss = pr.dodging_loss(models, PHOTOS, AFFINES, refs, weights=w)
+    scores = pr.model_scores(models, PHOTOS, AFFINES, refs)
+    np.testing.assert_allclose(loss, scores @ w, rtol=1e-5)
+    runner = pr.ProtectionRunner(models, batch_size=B, steps=10, optimizer="pgd")
+    only_first = runner(PHOTOS, MASKS, AFFINES, refs, epsilon=EPS, weights=[1.0, 0.0])
+    both = runner(PHOTOS, MASKS, AFFINES, refs, epsilon=EPS, weights=[1.0, 1.0])
+    assert runner.trace_count == 1  # every sub-ensemble: one program
+    alone = pr.protect(models[:1], PHOTOS, MASKS, AFFINES[:1], refs[:1], epsilon=EPS, steps=10)
+    np.testing.assert_allclose(only_first.delta, alone.delta, atol=1e-4)
+    np.testing.assert_array_equal(both.delta, runs["pgd"].delta)
+    np.testing.assert_allclose(only_first.scores_after[:, :1], alone.scores_after, atol=1e-5)
+    with pytest.raises(ValueError, match="weights"):
+        runner(PHOTOS, MASKS, AFFINES, refs, epsilon=EPS, weights=[0.0, 0.0])
+
+
 def test_bad_inputs_raise(sources):
     models, refs = sources
     call = lambda **kw: pr.protect(**{**dict(models=models, photos=PHOTOS, masks=MASKS, affines=AFFINES,

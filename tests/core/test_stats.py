@@ -191,3 +191,30 @@ def test_same_different_on_a_precomputed_matrix():
     diff = [v[i, j] for i, j in pairs if ids[i] != ids[j]]
     assert (int(s.n_same), int(s.n_diff)) == (len(same), len(diff))
     np.testing.assert_allclose([s.mean_same, s.mean_diff], [np.mean(same), np.mean(diff)], rtol=1e-6)
+
+
+def test_threshold_at_far_accepts_at_most_far_of_the_negatives():
+    rng = np.random.default_rng(3)
+    s = rng.normal(size=2000).astype(np.float32)
+    p = rng.uniform(size=2000) < 0.2
+    neg = np.sort(s[~p])[::-1]
+    for far in (0.0, 1e-3, 1e-2, 0.1):
+        t = float(stats.threshold_at_far(s, p, far))
+        assert t == neg[int(np.floor(far * neg.size))]
+        assert np.mean(neg > t) <= far
+    assert float(stats.threshold_at_far(s, p, 1.0)) == -np.inf
+
+
+def test_person_bootstrap_mean_equals_the_weighted_numpy_oracle():
+    rng = np.random.default_rng(4)
+    ids = np.repeat(np.arange(7), [1, 2, 3, 1, 4, 2, 3])
+    v = rng.uniform(size=ids.size).astype(np.float32)
+    v[5] = np.nan  # left out
+    key = jax.random.PRNGKey(9)
+    mean, lo, hi = stats.person_bootstrap_mean(key, v, ids, num_people=7, num_draws=500)
+    w = np.asarray(stats.person_bootstrap_weights(key, ids, ids, 7, 500)).astype(np.float64)
+    ok = np.isfinite(v)
+    means = (w[:, ok] @ v[ok].astype(np.float64)) / w[:, ok].sum(1)
+    assert float(mean) == pytest.approx(np.nanmean(v), rel=1e-6)
+    np.testing.assert_allclose([lo, hi], np.nanpercentile(means, [2.5, 97.5]), rtol=1e-5)
+    assert lo <= mean <= hi
