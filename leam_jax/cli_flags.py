@@ -8,10 +8,11 @@ module defines no flag.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import typing
 from pathlib import Path
 
-from absl import flags
+from absl import app, flags, logging
 
 from leam_jax import weights
 from leam_jax.study import sweep
@@ -68,3 +69,26 @@ def config_from_flags(cls=StudyConfig):
     return cls(**{f.name: _value(f, FLAGS[flag_name(f)].value, types) for f in flag_fields(cls)})
 
 
+
+
+def run_job(prog: str, config_cls, run) -> int:
+    """A CLI's body: the config from the flags, ``run(config, log)``, the report's path on stdout.
+    Expected errors: one line and exit code 2; Ctrl-C: 130 and how to resume."""
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # Orbax logs every file at INFO
+    try:
+        summary = run(config_from_flags(config_cls), log=lambda msg: print(msg, file=sys.stderr))
+    except EXPECTED_ERRORS as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted; finished shards are kept: run the same command with --resume "
+              f"to continue in {FLAGS['output_dir'].value}", file=sys.stderr)
+        return 130
+    print(summary.get("report", ""))
+    return 0
+
+
+def no_arguments(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")

@@ -11,31 +11,19 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, logging
+from absl import app
 
-from leam_jax.cli_flags import EXPECTED_ERRORS, FLAGS, config_from_flags, define_flags, flag_fields, flag_name
+from leam_jax import cli_flags
+from leam_jax.cli_flags import FLAGS, define_flags, flag_fields, flag_name
+from leam_jax.study.config import StudyConfig
 from leam_jax.study.job import run
 
 define_flags()
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # Orbax logs every file at INFO
-    try:
-        config = config_from_flags()
-        summary = run(config, log=lambda msg: print(msg, file=sys.stderr))
-    except EXPECTED_ERRORS as e:
-        print(f"leam_jax: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"\nleam_jax: interrupted; finished shards are kept: run the same command with --resume "
-              f"to continue in {FLAGS['output_dir'].value}", file=sys.stderr)
-        return 130
-    print(summary.get("report", ""))
-    return 0
+    cli_flags.no_arguments(argv)
+    return cli_flags.run_job("leam_jax", StudyConfig, run)
 
 
 def cli() -> None:

@@ -93,3 +93,12 @@ def test_bad_settings_fail_before_any_work(tmp_path, change, message):
     with pytest.raises(ValueError, match=message):
         job.run(cfg, log=lambda m: None)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_cli_reports_a_bad_setting_in_one_line_with_exit_2(tmp_path):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "leam_jax.protect", f"--manifest={tmp_path / 'm.csv'}",
+                        f"--output_dir={tmp_path / 'out'}", "--percent=0"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("leam_jax.protect: error: --percent")
+    assert not (tmp_path / "out").exists()
