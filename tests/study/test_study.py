@@ -95,6 +95,7 @@ def test_resume_after_sigkill_gives_identical_tables(baseline, johns_dir, tmp_pa
     assert _tables(out) == _tables(baseline)
 
 
+@pytest.mark.slow  # suite time; the core's and protection's sharding tests stay in the default suite
 def test_four_devices_give_the_same_tables(baseline, johns_dir, tmp_path):
     out = tmp_path / "four"
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
