@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from leam_jax import protection
+from leam_jax import core, protection
 from leam_jax.face import decode
 from leam_jax.protect.photos import MASK_KINDS
-from leam_jax.study.config import DEFAULT_MODELS, _opt
+from leam_jax.study.config import DEFAULT_MODELS, SWEEP_TARGETS, _opt
 
 TRANSFORMS = ("jpeg90", "jpeg75", "resize0.5", "blur1", "redetect")
 
@@ -30,6 +30,10 @@ class ProtectConfig:
                                   "is the product; the others are baselines at the same pixel count.")
     transfer_masks: tuple[str, ...] = _opt(MASK_KINDS, "Mask kinds for the leave-one-model-out transfer (each source "
                                            "model left out in turn, measured on it); empty: no transfer.")
+    target: str = _opt(core.DEFAULT_TARGET, "Target of the LEAM maps behind the leam masks (as the study's "
+                       "--target).", choices=SWEEP_TARGETS)
+    weighting: str = _opt(core.DEFAULT_WEIGHTING, "Layer weighting of the LEAM maps behind the leam masks.",
+                          choices=core.WEIGHTINGS)
     steps: int = _opt(protection.DEFAULT_STEPS, "Optimisation steps.")
     optimizer: str = _opt("pgd", "pgd (signed gradient) or adam (optax).", choices=protection.OPTIMIZERS)
     eot: int = _opt(0, "Random views (shift, scale, blur, down-up resize) averaged per step; 0: none.")
@@ -83,6 +87,8 @@ class ProtectConfig:
         for name in ("eot", "max_protected_per_person", "max_protected_people", "max_people", "max_images_per_person", "loader_threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name} must be at least 0, got {getattr(self, name)}")
+        if self.target not in SWEEP_TARGETS or self.weighting not in core.WEIGHTINGS:
+            raise ValueError(f"--target must be one of {SWEEP_TARGETS} and --weighting one of {core.WEIGHTINGS}")
         if self.optimizer not in protection.OPTIMIZERS:
             raise ValueError(f"--optimizer must be one of {protection.OPTIMIZERS}, got {self.optimizer!r}")
 

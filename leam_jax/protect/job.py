@@ -4,7 +4,7 @@
    study's embedding pass. It gives the references (the unit mean of a person's *other* photos),
    the population gallery of the LEAM maps, and the thresholds.
 2. Protection pass (``shards/``): for the photos chosen (``--max_protected_per_person``), the
-   source models' LEAM maps (the study's default target and weighting) and last-layer Grad-CAM,
+   source models' LEAM maps (``--target``, ``--weighting``) and last-layer Grad-CAM,
    then for every variant (ensemble x mask kind x p x ε) the masked perturbation of the photo's
    face region, quantised, pasted into the photo and measured on every evaluation model (and,
    at the robustness budget, after each transform). The LEAM masks of the whole ensemble are the
@@ -102,7 +102,7 @@ class Protector:
         self.people = people  # whose photos may be protected
         self.cfg, self.models, self.clean, self.pipeline, self.out, self.names = cfg, models, clean, pipeline, out, names
         self.templates = {m: REGISTRY[m].template for m in models}
-        ccfg = compute.ComputeConfig(weightings=(core.DEFAULT_WEIGHTING,), target=core.DEFAULT_TARGET,
+        ccfg = compute.ComputeConfig(weightings=(cfg.weighting,), target=cfg.target,
                                      top_percents=(1.0,), occlusion_percents=(), occlusion_fills=(), random_seeds=1,
                                      transfer_percent=0.0, batch_size=cfg.batch_size, seed=cfg.seed)
         self.workers = {m: compute.ModelWorker(models[m], template=self.templates[m], taps=models[m].taps, config=ccfg)
@@ -183,7 +183,7 @@ class Protector:
         rows = np.array([self.clean.index[f.path] for f in faces])
         affines = tuple(np.stack([f.model_affines[self.templates[m]] for f in faces]) for m in cfg.source_models)
         refs = tuple(self.clean.refs(m)[0][rows] for m in cfg.source_models)
-        weighting = core.DEFAULT_WEIGHTING
+        weighting = cfg.weighting
         for v in self.variants:
             masks = np.stack([photos.mask(v.kind, f, v.percent, seed=cfg.seed,
                                           leam_map=self._mean_map(maps, v.members, weighting, j),
@@ -277,7 +277,6 @@ def settings(cfg: ProtectConfig) -> dict:
     d = dataclasses.asdict(cfg)
     for k in ("output_dir", "resume", "loader_threads", "report", "stop_after_shards", "data_dir", "manifest"):
         d.pop(k)
-    d["target"], d["weighting"] = core.DEFAULT_TARGET, core.DEFAULT_WEIGHTING
     return json.loads(json.dumps(d))  # as run.json holds it (tuples are lists there)
 
 

@@ -102,7 +102,7 @@ def write(out: Path, cfg: ProtectConfig, summary: dict) -> Path:
                                   'alt="transfer"></figure>' + _rows_table(
                                       tables["transfer"],
                                       ["left_out_model", "mask", "percent", "epsilon", "photos", "success_far1e-3",
-                                       "leam_above_random"], ci)))
+                                       "dcos", "leam_above_random", "leam_dcos_above_random"], ci)))
     parts += [
         html.section("Robustness of the LEAM protection (whole ensemble)",
                      _rows_table(robust_rows, ["mask", "model", "transform", "percent", "epsilon", "photos",

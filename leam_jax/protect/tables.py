@@ -99,19 +99,20 @@ PROTECTION_HEADER = ["ensemble", "members", "mask", "percent", "epsilon", "model
 
 
 def transfer_rows(prot_rows: list[list]) -> list[list]:
-    """Leave-one-model-out at each budget: each mask kind's success at FAR 1e-3 on the left-out model, and
-    whether LEAM's interval lies wholly above random's."""
+    """Leave-one-model-out at each budget: each mask kind's success at FAR 1e-3 and Δcos on the left-out
+    model, and whether LEAM's interval lies wholly above random's (success; Δcos, the finer effect size)."""
     left = [r for r in prot_rows if r[6] == "left out" and r[7] == "none"]
     out = []
     for r in left:
         rand = next((q for q in left if q[5] == r[5] and q[2] == "random" and q[3:5] == r[3:5]), None)
         beats = "" if r[2] != "leam" or rand is None else ("yes" if r[14] > rand[15] else "no")
-        out.append([r[5], r[2], r[3], r[4], r[8], r[13], r[14], r[15], r[16], r[17], r[18], beats])
+        beats_dcos = "" if r[2] != "leam" or rand is None else ("yes" if r[17] > rand[18] else "no")
+        out.append([r[5], r[2], r[3], r[4], r[8], r[13], r[14], r[15], r[16], r[17], r[18], beats, beats_dcos])
     return out
 
 
 TRANSFER_HEADER = ["left_out_model", "mask", "percent", "epsilon", "photos", *_ci("success_far1e-3"), *_ci("dcos"),
-                   "leam_above_random"]
+                   "leam_above_random", "leam_dcos_above_random"]
 
 
 def pair_rows(col, cfg: ProtectConfig, pair_thr, variants, robust) -> list[list]:
