@@ -78,22 +78,24 @@ def read_back(path) -> np.ndarray:
     return decode.read_rgb(path)
 
 
-def thresholds(emb: np.ndarray, persons: np.ndarray, fars=FARS) -> dict[float, float]:
-    """Each FAR's threshold from the impostor comparisons of clean photos [N, D] (unit) against the other
-    people's references."""
+def _reference_scores(emb: np.ndarray, persons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cosines of clean photos [N, D] (unit) to every person's reference [N, P], and own-person [N, P]."""
     uniq, ids = np.unique(persons, return_inverse=True)
     g, _ = core.person_gallery(jnp.asarray(emb), jnp.asarray(ids), num_people=len(uniq))
-    scores = np.asarray(jnp.asarray(emb) @ g.T)  # [N, P]
-    positive = ids[:, None] == np.arange(len(uniq))[None, :]
-    return {f: float(stats.threshold_at_far(scores.reshape(-1), positive.reshape(-1), f)) for f in fars}
+    return np.asarray(jnp.asarray(emb) @ g.T), ids[:, None] == np.arange(len(uniq))[None, :]
+
+
+def thresholds(emb: np.ndarray, persons: np.ndarray, fars=FARS) -> dict[float, float]:
+    """Each FAR's threshold from the impostor comparisons of clean photos against the other people's
+    references."""
+    scores, own = _reference_scores(emb, persons)
+    return {f: float(stats.threshold_at_far(scores.reshape(-1), own.reshape(-1), f)) for f in fars}
 
 
 def impostor_spread(emb: np.ndarray, persons: np.ndarray) -> float:
     """Standard deviation of the clean impostor cosines (photo against another person's reference)."""
-    uniq, ids = np.unique(persons, return_inverse=True)
-    g, _ = core.person_gallery(jnp.asarray(emb), jnp.asarray(ids), num_people=len(uniq))
-    scores = np.asarray(jnp.asarray(emb) @ g.T)
-    return float(np.std(scores[ids[:, None] != np.arange(len(uniq))[None, :]]))
+    scores, own = _reference_scores(emb, persons)
+    return float(np.std(scores[~own]))
 
 
 def pair_thresholds(emb: np.ndarray, persons: np.ndarray, fars=FARS) -> dict[float, float]:

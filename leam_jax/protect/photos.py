@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import zlib
 
@@ -113,13 +114,18 @@ class PhotoFace:
         out[: y1 - y0, : x1 - x0] = self.photo[y0:y1, x0:x1]
         return out
 
-    def footprint(self) -> np.ndarray:
-        """[side, side] bool: the region pixels inside the analysis frame (the face pixels)."""
+    @functools.cached_property
+    def _footprint(self) -> np.ndarray:
         x0, y0, x1, y1 = self.box
         ys, xs = np.mgrid[0: self.side, 0: self.side].astype(np.float64)
         fx, fy = apply_affine(self.frame_affine, xs, ys)
         f = alignment.ANALYSIS_SIZE
         return (fx >= 0) & (fy >= 0) & (fx <= f - 1) & (fy <= f - 1) & (xs < x1 - x0) & (ys < y1 - y0)
+
+    def footprint(self) -> np.ndarray:
+        """[side, side] bool: the region pixels inside the analysis frame (the face pixels); computed once
+        per photo, not per mask (a copy: callers may change it)."""
+        return self._footprint.copy()
 
     def paste(self, region: np.ndarray) -> np.ndarray:
         """A copy of the photo with ``region`` [side, side, 3] uint8 written back into its box."""

@@ -121,13 +121,5 @@ def _plain_table(rows) -> str:
     if not rows:
         return '<p class="note">none</p>'
     cols = list(rows[0].keys())
-    return html.table(cols, [[html.fmt(r[c], ".3f") if _num(r[c]) else html.esc(r[c]) for c in cols] for r in rows],
-                      text_columns=1, compact=True)
-
-
-def _num(s: str) -> bool:
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
+    # html.fmt formats numbers and escapes anything else
+    return html.table(cols, [[html.fmt(r[c], ".3f") for c in cols] for r in rows], text_columns=1, compact=True)
