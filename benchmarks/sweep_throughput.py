@@ -6,7 +6,7 @@ pipeline: the sweep as ``python -m leam_jax.main`` runs it (loader threads decod
   mesh, align and parse ahead of the device; LEAM for every tap; maps warped to the frame;
   region statistics; shard files written), occlusion and transfer off so that the device
   work is the kernel's. Timed after a warm-up shard has compiled everything.
-kernel: LeamRunner alone on the very same model inputs, already in memory, same batch.
+kernel: the LeamSetRunner alone on the very same model inputs, already in memory, same batch.
 pipeline_over_kernel = pipeline images/s / kernel images/s, i.e. how busy the pipeline
 keeps the kernel (goal >= 0.7). The last line holds the headline figures.
 """
@@ -80,13 +80,13 @@ def main() -> None:
 
     # The kernel alone on the same inputs (already decoded and aligned, in memory).
     x = np.stack([f.crops[spec.template] for f in faces]).astype(np.float32)
-    runner = worker.runners["gradcam"]
+    runner = worker.runner
     emb = worker.embed(x)
     refs = jnp.asarray(np.roll(emb / np.linalg.norm(emb, axis=1, keepdims=True), 1, axis=0))
     batches = [(jnp.asarray(x[i : i + args.batch]), refs[i : i + args.batch]) for i in range(0, len(x), args.batch)]
 
     def kernel():
-        return [runner(b, references=r).overall for b, r in batches]
+        return [runner(b, references=r) for b, r in batches]
 
     jax.block_until_ready(kernel())
     times = []

@@ -70,14 +70,24 @@ def compiler_options() -> dict[str, str] | None:
     return dict(CPU_COMPILER_OPTIONS) if jax.default_backend() == "cpu" else None
 
 
+def _tracing(args, kwargs) -> bool:
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves((args, kwargs)))
+
+
 class _Jit:
     """``jax.jit`` built on first call, so importing the library never initialises a backend."""
 
     def __init__(self, fn: Callable, kwargs: dict):
-        self._fn, self._kwargs, self._jitted = fn, kwargs, None
+        self._fn, self._kwargs, self._jitted, self._nested = fn, kwargs, None, None
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args, **kwargs):
+        if _tracing(args, kwargs):
+            # Inside the caller's own jit (or grad/vmap): XLA refuses options on a nested jit,
+            # and the outermost jit's options are the ones that apply anyway.
+            if self._nested is None:
+                self._nested = jax.jit(self._fn, **self._kwargs)
+            return self._nested(*args, **kwargs)
         if self._jitted is None:
             options = compiler_options()
             jitted = jax.jit(self._fn, compiler_options=options, **self._kwargs)
@@ -92,6 +102,10 @@ class _Jit:
             self._jitted = jitted
             return out
         return self._jitted(*args, **kwargs)
+
+    def lower(self, *args, **kwargs):
+        """``jax.jit(...).lower`` with the library's options (memory and cost analysis)."""
+        return jax.jit(self._fn, compiler_options=compiler_options(), **self._kwargs).lower(*args, **kwargs)
 
 
 def jit(fn: Callable | None = None, **kwargs) -> Callable:
@@ -436,6 +450,12 @@ def tap_gradients(
     Returns:
       (scores [B], embeddings [B, D], activations {tap: [B, H, W, C]}, gradients {tap: same}).
     """
+    scores, emb, acts, grads, _ = _vjp_all(apply_fn, params, images, score_fn, taps, with_input=False)
+    return scores, emb, acts, grads
+
+
+def _vjp_all(apply_fn, params, images, score_fn, taps, *, with_input: bool):
+    """:func:`tap_gradients`, plus ``ds/dx`` [B, H, W, C] from the same backward pass (or None)."""
     order: list[str] = []
 
     def probe(p, x):
@@ -450,21 +470,37 @@ def tap_gradients(
         raise ValueError(f"unknown taps {missing}; the model has {list(act_shapes)}")
     zeros = {t: jnp.zeros(act_shapes[t].shape, act_shapes[t].dtype) for t in taps}
 
-    def forward(perturbations):
-        emb, acts = apply_fn(params, images, perturbations)
+    def forward(perturbations, x):
+        emb, acts = apply_fn(params, x, perturbations)
         return score_fn(emb), (emb, {t: acts[t] for t in taps})
 
-    scores, vjp_fn, (emb, acts) = jax.vjp(forward, zeros, has_aux=True)
     # Rows are independent, so a cotangent of ones gives every image its own gradient.
-    (grads,) = vjp_fn(jnp.ones_like(scores))
+    if with_input:
+        scores, vjp_fn, (emb, acts) = jax.vjp(forward, zeros, images.astype(jnp.float32), has_aux=True)
+        grads, dx = vjp_fn(jnp.ones_like(scores))
+    else:
+        scores, vjp_fn, (emb, acts) = jax.vjp(lambda z: forward(z, images), zeros, has_aux=True)
+        (grads,), dx = vjp_fn(jnp.ones_like(scores)), None
     # Pytree round trips sort dict keys; hand back the taps' order.
-    return scores, emb, {t: acts[t] for t in taps}, {t: grads[t] for t in taps}
+    return scores, emb, {t: acts[t] for t in taps}, {t: grads[t] for t in taps}, dx
 
 
 def _leam_maps(
     apply_fn, params, images, references, negatives, person_ids, valid, layer_weights, gallery=None,
     *, target, weighting, taps, output_size, num_people, temperature=DEFAULT_TEMPERATURE,
 ):
+    maps, _ = _leam_set(apply_fn, params, images, references, negatives, person_ids, valid, layer_weights, gallery,
+                        target=target, weightings=(weighting,), taps=taps, output_size=output_size,
+                        num_people=num_people, temperature=temperature, baselines=False)
+    return maps[weighting]
+
+
+def _leam_set(
+    apply_fn, params, images, references, negatives, person_ids, valid, layer_weights, gallery=None,
+    *, target, weightings, taps, output_size, num_people, temperature=DEFAULT_TEMPERATURE, baselines: bool,
+):
+    """Every weighting's :class:`LeamMaps` (and the two baselines) from one forward and one backward pass:
+    the weightings differ only in how they combine the same gradients and activations."""
     if images.ndim != 4:
         raise ValueError(f"images must be [B, H, W, C], got {images.shape}")
     b = images.shape[0]
@@ -489,22 +525,30 @@ def _leam_maps(
                              person_ids=person_ids, num_people=num_people, valid=valid_mask, gallery=gallery,
                              temperature=temperature)
 
-    scores, emb, acts, grads = tap_gradients(apply_fn, params, images, score_fn, taps)
-    names = tuple(grads)
-    raw = jnp.stack([resize_maps(layer_map(grads[t], acts[t], weighting), size) for t in names], axis=1)
-    per_layer, flags = normalize_maps(raw)
-    overall, overall_flags = overall_map(per_layer, layer_weights)
-    keep = valid_mask
-    return LeamMaps(
-        per_layer=jnp.where(keep[:, None, None, None], per_layer, 0.0),
-        overall=jnp.where(keep[:, None, None], overall, 0.0),
-        flags=flags | ~keep[:, None],
-        overall_flags=overall_flags | ~keep,
-        scores=jnp.where(keep, scores, 0.0),
-        embeddings=emb,
-        used_self=used_self & keep,
-        taps=names,
-    )
+    scores, emb, acts, grads, dx = _vjp_all(apply_fn, params, images, score_fn, taps, with_input=baselines)
+    names, keep = tuple(grads), valid_mask
+    out = {}
+    for weighting in weightings:
+        raw = jnp.stack([resize_maps(layer_map(grads[t], acts[t], weighting), size) for t in names], axis=1)
+        per_layer, flags = normalize_maps(raw)
+        overall, overall_flags = overall_map(per_layer, layer_weights)
+        out[weighting] = LeamMaps(
+            per_layer=jnp.where(keep[:, None, None, None], per_layer, 0.0),
+            overall=jnp.where(keep[:, None, None], overall, 0.0),
+            flags=flags | ~keep[:, None],
+            overall_flags=overall_flags | ~keep,
+            scores=jnp.where(keep, scores, 0.0),
+            embeddings=emb,
+            used_self=used_self & keep,
+            taps=names,
+        )
+    if not baselines:
+        return out, None
+    last = names[-1]
+    last_map = normalize_maps(resize_maps(layer_map(grads[last], acts[last], "gradcam"), size))[0]
+    input_map = normalize_maps(jnp.max(jnp.abs(dx), axis=-1))[0]
+    return out, {"input_gradient": jnp.where(keep[:, None, None], input_map, 0.0),
+                 "last_layer": jnp.where(keep[:, None, None], last_map, 0.0)}
 
 
 _leam_maps_jit = jit(
@@ -604,6 +648,8 @@ class LeamRunner:
     used as they are, without a copy).
     """
 
+    _baselines = False
+
     def __init__(
         self,
         apply_fn: Callable,
@@ -618,7 +664,8 @@ class LeamRunner:
         mesh: jax.sharding.Mesh | None = None,
         temperature: float = DEFAULT_TEMPERATURE,
     ):
-        if target not in TARGETS or weighting not in WEIGHTINGS:
+        weightings = (weighting,) if isinstance(weighting, str) else tuple(weighting)
+        if target not in TARGETS or not weightings or any(w not in WEIGHTINGS for w in weightings):
             raise ValueError(f"bad target {target!r} or weighting {weighting!r}")
         self.placement = Placement(batch_size, mesh)
         self.mesh = self.placement.mesh
@@ -627,14 +674,16 @@ class LeamRunner:
         self.params = self.placement.replicate(params)
         self.layer_weights = layer_weights
         self.trace_count = 0
-        static = dict(target=target, weighting=weighting, taps=None if taps is None else tuple(taps),
+        static = dict(target=target, weightings=weightings, taps=None if taps is None else tuple(taps),
                       output_size=None if output_size is None else tuple(output_size), num_people=batch_size,
-                      temperature=float(temperature))
+                      temperature=float(temperature), baselines=self._baselines)
+        single = isinstance(weighting, str) and not self._baselines
 
         def run(params, images, references, negatives, person_ids, valid, layer_weights, gallery):
             self.trace_count += 1  # Python side effect: runs once per compilation
-            return _leam_maps(apply_fn, params, images, references, negatives, person_ids, valid,
-                              layer_weights, gallery, **static)
+            maps, base = _leam_set(apply_fn, params, images, references, negatives, person_ids, valid,
+                                   layer_weights, gallery, **static)
+            return maps[weighting] if single else (maps, base)
 
         self._fn = jit(run)
 
@@ -672,6 +721,18 @@ class LeamRunner:
         out = self._fn(params, put(images), put(references), put(negatives), put(person_ids),
                        self.placement.valid(n), self.layer_weights, gallery)
         return out if n == self.batch_size else jax.tree_util.tree_map(lambda a: a[:n], out)
+
+
+class LeamSetRunner(LeamRunner):
+    """A :class:`LeamRunner` for several weightings and the two baselines at once, all from the same
+    forward and backward pass (the weightings only combine the same gradients differently).
+
+    ``weighting``: a sequence of weightings. A call returns ``({weighting: LeamMaps},
+    {"input_gradient": [B, S, S], "last_layer": [B, S, S]})``: the normalised ``max_c |ds/dx|``
+    (:func:`input_gradient_saliency`) and Grad-CAM of the last tap alone.
+    """
+
+    _baselines = True
 
 
 def top_k_count(num_pixels: int, percent: float) -> int:

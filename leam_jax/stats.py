@@ -227,6 +227,43 @@ def occlusion_delta(
     return cosine(clean, references) - cosine(occluded, references)
 
 
+def occlusion_deltas(
+    embed_fn: Callable[[jax.Array], jax.Array],
+    images: jax.Array,
+    masks: jax.Array,
+    references: jax.Array,
+    *,
+    fill: str = DEFAULT_FILL,
+    keys: jax.Array | None = None,
+    clean_embeddings: jax.Array | None = None,
+) -> jax.Array:
+    """:func:`occlusion_delta` of the same B images under V masks [V, B, H, W] (``keys``: [V] fill
+    keys for ``noise``) as one compiled loop over the masks: one program and one host transfer
+    instead of V. -> [V, B]."""
+    clean = embed_fn(images) if clean_embeddings is None else clean_embeddings
+    if masks.ndim != 4:
+        raise ValueError(f"masks must be [V, B, H, W], got {masks.shape}")
+    if keys is None:
+        keys = jnp.zeros((masks.shape[0], 2), jnp.uint32)  # unused by every fill but noise
+
+    def one(args):
+        m, k = args
+        return occlusion_delta(embed_fn, images, m, references, fill=fill, key=k, clean_embeddings=clean)
+
+    return jax.lax.map(one, (masks, keys))
+
+
+def random_occlusion_masks(keys: jax.Array, shape: tuple[int, int, int], percent: float) -> tuple[jax.Array, jax.Array]:
+    """The matched random baseline's draws: each key of ``keys`` [S] split into a mask key and a
+    fill key. -> (masks [S, B, H, W] of as many pixels as a top-``percent``% mask, fill keys [S])."""
+    masks, fill_keys = [], []
+    for k in keys:
+        mk, fk = jax.random.split(k)
+        masks.append(random_masks(mk, shape, percent))
+        fill_keys.append(fk)
+    return jnp.stack(masks), jnp.stack(fill_keys)
+
+
 def random_occlusion_delta(
     embed_fn: Callable[[jax.Array], jax.Array],
     images: jax.Array,
@@ -243,14 +280,9 @@ def random_occlusion_delta(
     ``keys``: one PRNG key per draw ([S] keys, e.g. ``jax.random.split(key, S)``); each
     draw's key is split into its mask key and its fill key.
     """
-    clean = embed_fn(images) if clean_embeddings is None else clean_embeddings
-    b, h, w = images.shape[:3]
-    deltas = []
-    for k in keys:
-        mk, fk = jax.random.split(k)
-        masks = random_masks(mk, (b, h, w), percent)
-        deltas.append(occlusion_delta(embed_fn, images, masks, references, fill=fill, key=fk, clean_embeddings=clean))
-    return jnp.mean(jnp.stack(deltas), axis=0)
+    masks, fill_keys = random_occlusion_masks(keys, images.shape[:3], percent)
+    return jnp.mean(occlusion_deltas(embed_fn, images, masks, references, fill=fill, keys=fill_keys,
+                                     clean_embeddings=clean_embeddings), axis=0)
 
 
 # ---------------------------------------------------------------------------

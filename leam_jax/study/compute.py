@@ -2,8 +2,8 @@
 
 A :class:`ModelWorker` is the one driver of a model's work: it places the
 params on the devices once and holds the compiled functions (embedding, LEAM
-per weighting through :class:`leam_jax.core.LeamRunner`, the two baselines,
-occlusion), all over fixed ``[batch_size]`` shapes sharded along the batch
+of every weighting and the two baselines from one pass through
+:class:`leam_jax.core.LeamSetRunner`, occlusion), all over fixed ``[batch_size]`` shapes sharded along the batch
 axis, so a sweep compiles once per model. Results are keyed by
 :mod:`leam_jax.study.schema`.
 
@@ -111,7 +111,6 @@ def _post(overall, per_layer, f2m, labels, *, top_percents, map_size, layer_size
             "layers": _pool_sum(layers, layer_size), "share": rs.share, "mass": rs.mass, "area": rs.area}
 
 
-_top_mask = core.jit(stats.top_percent_mask, static_argnames=("percent",))
 _to_frame_jit = core.jit(_to_frame)
 
 
@@ -197,30 +196,43 @@ class ModelWorker:
         self.params = self.place.replicate(model.params)  # shared by every compiled function below
         kw = dict(batch_size=config.batch_size, target=config.target, taps=self.taps, mesh=self.place.mesh,
                   temperature=config.temperature)
-        self.runners = {w: core.LeamRunner(model.apply, self.params, weighting=w, **kw) for w in config.weightings}
-        self.last_layer = core.LeamRunner(model.apply, self.params, weighting="gradcam", **{**kw, "taps": self.taps[-1:]})
-        apply, target = model.apply, config.target
+        self.runner = core.LeamSetRunner(model.apply, self.params, weighting=config.weightings, **kw)
+        apply = model.apply
 
         def embed(params, x):
             return apply(params, x)[0]
 
-        def input_grad(params, x, refs, ids, gallery):
-            score = functools.partial(core.target_scores, target=target, references=refs, person_ids=ids,
-                                      gallery=gallery, temperature=config.temperature)
-            return core.input_gradient_saliency(apply, params, x, score)[0]
+        def occlusion(params, x, maps, refs, clean, method_keys, random_keys, *, fills, percents):
+            # Every occlusion of one batch in one program: maps [M, B, S, S], method_keys
+            # [F, M, P] and random_keys [F, P, R] -> ([F, M, P, B], [F, P, B] random means).
+            embed_p = functools.partial(embed, params)
+            by_method, by_random = [], []
+            for fi, fill in enumerate(fills):
+                masks, keys = [], []
+                for pi, p in enumerate(percents):
+                    masks.append(stats.top_percent_mask(maps, p))
+                    keys.append(method_keys[fi, :, pi])
+                    rm, rk = stats.random_occlusion_masks(random_keys[fi, pi], x.shape[:3], p)
+                    masks.append(rm)
+                    keys.append(rk)
+                d = stats.occlusion_deltas(embed_p, x, jnp.concatenate(masks), refs, fill=fill,
+                                           keys=jnp.concatenate(keys), clean_embeddings=clean)
+                m, r = maps.shape[0], random_keys.shape[2]
+                d = d.reshape(len(percents), m + r, -1)
+                by_method.append(jnp.moveaxis(d[:, :m], 0, 1))
+                by_random.append(jnp.mean(d[:, m:], axis=1))
+            return jnp.stack(by_method), jnp.stack(by_random)
 
-        def occlusion(params, x, masks, refs, clean, key, fill):
-            return stats.occlusion_delta(lambda z: embed(params, z), x, masks, refs, fill=fill, key=key,
-                                         clean_embeddings=clean)
-
-        def random_occlusion(params, x, refs, clean, keys, fill, percent):
-            return stats.random_occlusion_delta(lambda z: embed(params, z), x, percent, refs, keys, fill=fill,
-                                                clean_embeddings=clean)
+        def transfer(params, x, frame_maps, model_to_frame, refs, clean, keys, *, fill, percent):
+            # Every source's frame maps [V, B, F, F] -> this model's top-p% masks -> Δcos [V, B].
+            masks = jax.vmap(lambda fm: _frame_maps_to_model_masks(fm, model_to_frame, side=x.shape[1],
+                                                                   percent=percent))(frame_maps)
+            return stats.occlusion_deltas(functools.partial(embed, params), x, masks, refs, fill=fill, keys=keys,
+                                          clean_embeddings=clean)
 
         self._embed = core.jit(embed)
-        self._input_grad = core.jit(input_grad)
-        self._occlusion = core.jit(occlusion, static_argnames=("fill",))
-        self._random_occlusion = core.jit(random_occlusion, static_argnames=("fill", "percent"))
+        self._occlusion = core.jit(occlusion, static_argnames=("fills", "percents"))
+        self._transfer = core.jit(transfer, static_argnames=("fill", "percent"))
 
     # -- whole sets ----------------------------------------------------------------------
     def embed(self, x: np.ndarray, params=None) -> np.ndarray:
@@ -243,16 +255,17 @@ class ModelWorker:
             yield i, s.stop - s.start, [self.place.put(a[s]) for a in arrays]
 
     # -- one batch ----------------------------------------------------------------------
-    def leam(self, x: jax.Array, refs: jax.Array, ids=None, gallery=None, params=None) -> dict[str, core.LeamMaps]:
-        """Every weighting's maps of one placed batch (padded rows are computed too; callers cut).
-        ``ids`` and ``gallery``: the gallery targets; ``params``: other weights (sanity checks)."""
-        return {w: runner(x, references=refs, person_ids=ids, gallery=gallery, params=params)
-                for w, runner in self.runners.items()}
+    def maps(self, x: jax.Array, refs: jax.Array, ids=None, gallery=None,
+             params=None) -> tuple[dict[str, core.LeamMaps], dict[str, jax.Array]]:
+        """Every weighting's maps of one placed batch and the overall maps of the two baselines
+        (input-gradient saliency, last-layer Grad-CAM), all from one forward and backward pass
+        (padded rows are computed too; callers cut). ``ids`` and ``gallery``: the gallery targets;
+        ``params``: other weights (sanity checks)."""
+        return self.runner(x, references=refs, person_ids=ids, gallery=gallery, params=params)
 
-    def baselines(self, x: jax.Array, refs: jax.Array, ids=None, gallery=None) -> dict[str, jax.Array]:
-        """Overall maps of the two baselines: input-gradient saliency and last-layer Grad-CAM."""
-        return {"input_gradient": self._input_grad(self.params, x, refs, ids, gallery),
-                "last_layer": self.last_layer(x, references=refs, person_ids=ids, gallery=gallery).overall}
+    def leam(self, x: jax.Array, refs: jax.Array, ids=None, gallery=None, params=None) -> dict[str, core.LeamMaps]:
+        """Every weighting's maps of one placed batch (see :meth:`maps`)."""
+        return self.maps(x, refs, ids, gallery, params)[0]
 
     def frame_maps(self, x: np.ndarray, f2m: np.ndarray, refs: np.ndarray, ids=None,
                    gallery: jax.Array | None = None) -> dict[str, np.ndarray]:
@@ -262,8 +275,8 @@ class ModelWorker:
         id_rows = np.zeros(len(x), np.int32) if ids is None else ids
         for _, k, (xb, rb, fb, ib) in self.batches(np.asarray(x, np.float32), refs, f2m, id_rows):
             ib = None if ids is None else ib
-            overall = {w: lm.overall for w, lm in self.leam(xb, rb, ib, gallery).items()}
-            overall["last_layer"] = self.baselines(xb, rb, ib, gallery)["last_layer"]
+            leam, base = self.maps(xb, rb, ib, gallery)
+            overall = {w: lm.overall for w, lm in leam.items()} | {"last_layer": base["last_layer"]}
             for name, m in overall.items():
                 rows.add(name, _to_frame_jit(m, fb), k)
         return rows.arrays()
@@ -276,19 +289,25 @@ class ModelWorker:
             raise ValueError(f"target {self.config.target!r} needs the run's gallery (embedding pass)")
         return gallery.ids(persons), self.place.replicate(jnp.asarray(gallery.vectors, jnp.float32))
 
-    def occlusion(self, x, maps: dict[str, jax.Array], occ_ref, clean, *, seed_parts: tuple) -> dict[str, jax.Array]:
-        """Δcos of every method's top-p% mask and of matched random masks, per fill and percent."""
-        cfg, out = self.config, {}
-        for fill in cfg.occlusion_fills:
-            for p in cfg.occlusion_percents:
-                for method, mp in maps.items():
-                    key = _key(cfg.seed, *seed_parts, self.name, method, fill, p)
-                    out[schema.occlusion(self.name, method, fill, p)] = self._occlusion(
-                        self.params, x, _top_mask(mp, percent=p), occ_ref, clean, key, fill=fill)
-                keys = jnp.stack([_key(cfg.seed, *seed_parts, self.name, "random", fill, p, r)
-                                  for r in range(cfg.random_seeds)])
-                out[schema.occlusion(self.name, "random", fill, p)] = self._random_occlusion(
-                    self.params, x, occ_ref, clean, keys, fill=fill, percent=p)
+    def occlusion(self, x, maps: dict[str, jax.Array], occ_ref, clean, *, seed_parts: tuple) -> dict[str, np.ndarray]:
+        """Δcos of every method's top-p% mask and of matched random masks, per fill and percent:
+        one compiled call and one transfer to the host per batch."""
+        cfg, methods = self.config, tuple(maps)
+        fills, percents = tuple(cfg.occlusion_fills), tuple(cfg.occlusion_percents)
+        method_keys = jnp.stack([jnp.stack([jnp.stack([_key(cfg.seed, *seed_parts, self.name, m, f, p)
+                                                       for p in percents]) for m in methods]) for f in fills])
+        random_keys = jnp.stack([jnp.stack([jnp.stack([_key(cfg.seed, *seed_parts, self.name, "random", f, p, r)
+                                                       for r in range(cfg.random_seeds)]) for p in percents])
+                                 for f in fills])
+        by_method, by_random = jax.device_get(self._occlusion(
+            self.params, x, jnp.stack([maps[m] for m in methods]), occ_ref, clean, method_keys, random_keys,
+            fills=fills, percents=percents))
+        out = {}
+        for fi, f in enumerate(fills):
+            for pi, p in enumerate(percents):
+                for mi, m in enumerate(methods):
+                    out[schema.occlusion(self.name, m, f, p)] = by_method[fi, mi, pi]
+                out[schema.occlusion(self.name, "random", f, p)] = by_random[fi, pi]
         return out
 
     # -- one shard ----------------------------------------------------------------------
@@ -325,10 +344,10 @@ class ModelWorker:
         id_rows = np.zeros(len(x), np.int32) if ids is None else ids
         for i, k, (xb, rb, eb, ob, f2mb, lb, ib) in self.batches(x, refs, emb, occ_ref, f2m, labels, id_rows):
             ib = None if ids is None else ib
-            maps = self.leam(xb, rb, ib, g)
+            maps, base = self.maps(xb, rb, ib, g)
             self._post_batch(rows, maps, f2mb, lb, k)
             if self.config.occlusion:
-                overall = {w: lm.overall for w, lm in maps.items()} | self.baselines(xb, rb, ib, g)
+                overall = {w: lm.overall for w, lm in maps.items()} | base
                 for key, d in self.occlusion(xb, overall, ob, eb, seed_parts=(shard_key, i)).items():
                     rows.add(key, d, k)
         out = rows.arrays()
@@ -340,15 +359,18 @@ class ModelWorker:
         out[schema.per_model("has_ref", self.name)] = has_ref
         return ModelShard(out, frame, x, f2m, occ_ref, emb)
 
-    def transfer(self, frame_maps: np.ndarray, mine: ModelShard, *, fill: str, key: jax.Array) -> np.ndarray:
-        """Δcos on this model when the top pixels of another model's frame maps are occluded."""
+    def transfer(self, frame_maps: np.ndarray, mine: ModelShard, *, fill: str, keys: jax.Array) -> np.ndarray:
+        """Δcos on this model when the top pixels of other models' frame maps [V, N, F, F] are
+        occluded (``keys``: one per source) -> [V, N]; every source in one compiled call per batch."""
         inv = np.stack([alignment.invert_affine(a) for a in mine.f2m]).astype(np.float32)
+        maps = np.moveaxis(np.asarray(frame_maps, np.float32), 0, 1)  # batches run along faces
         out = []
-        for i, k, (fm, m2f, xb, ob, eb) in self.batches(frame_maps, inv, mine.x, mine.occ_ref, mine.emb):
-            masks = _frame_maps_to_model_masks(fm, m2f, side=mine.x.shape[1], percent=self.config.transfer_percent)
-            d = self._occlusion(self.params, xb, masks, ob, eb, jax.random.fold_in(key, i), fill=fill)
-            out.append(np.asarray(d)[:k])
-        return np.concatenate(out)
+        for i, k, (fm, m2f, xb, ob, eb) in self.batches(maps, inv, mine.x, mine.occ_ref, mine.emb):
+            batch_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, i)
+            d = self._transfer(self.params, xb, jnp.moveaxis(fm, 1, 0), m2f, ob, eb, batch_keys, fill=fill,
+                               percent=self.config.transfer_percent)
+            out.append(np.asarray(d)[:, :k])
+        return np.concatenate(out, axis=1)
 
 
 def embed_shard(workers: Sequence[ModelWorker], faces: Sequence[FaceInput]) -> dict[str, np.ndarray]:
@@ -367,12 +389,13 @@ def compute_shard(workers: Sequence[ModelWorker], faces: Sequence[FaceInput], sh
     if config.transfer_percent <= 0 or not config.occlusion_fills:
         return out
     fill = config.occlusion_fills[0]
-    for w in config.weightings:
-        for src in workers:
-            for dst in workers:
-                key = _key(config.seed, shard_key, "transfer", w, src.name, dst.name)
-                out[schema.transfer(w, src.name, dst.name)] = dst.transfer(
-                    shards[src.name].frame[w], shards[dst.name], fill=fill, key=key)
+    pairs = [(w, src.name) for w in config.weightings for src in workers]
+    for dst in workers:
+        keys = jnp.stack([_key(config.seed, shard_key, "transfer", w, src, dst.name) for w, src in pairs])
+        deltas = dst.transfer(np.stack([shards[src].frame[w] for w, src in pairs]), shards[dst.name], fill=fill,
+                              keys=keys)
+        for (w, src), d in zip(pairs, deltas):
+            out[schema.transfer(w, src, dst.name)] = d
     return out
 
 

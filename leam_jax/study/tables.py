@@ -336,8 +336,10 @@ def pair_scopes(col: Collected, study: Study, rows: np.ndarray) -> list[tuple[st
 
 
 @functools.cache
+@functools.cache
 def _compiled(fn, static: tuple[str, ...]):
-    """``core.jit(fn)``, compiled once per function: looked up at call time, so the tables follow ``stats``."""
+    """``core.jit(fn)``, built once per function: looked up at call time, so the tables follow ``stats``.
+    Eager calls of functions with loops inside (``top_percent_mask``) retrace and recompile every time."""
     return core.jit(fn, static_argnames=static)
 
 
@@ -370,7 +372,7 @@ def _specificity_of(maps: np.ndarray, valid: np.ndarray, col: Collected, rows: n
     False; shapes stay fixed so one compiled program serves every layer)."""
     out = []
     for sp in SPARSITIES:
-        bc = np.asarray(stats.bc_matrix(jnp.asarray(normalised(maps)), top_percent=sp))
+        bc = np.asarray(_compiled(stats.bc_matrix, ("top_percent",))(jnp.asarray(normalised(maps)), top_percent=sp))
         label = _sparsity_label(sp)
         draws = _draws(layer, label)
         for scope, mask in scopes:

@@ -213,6 +213,17 @@ def test_batched_equals_single_image():
         np.testing.assert_allclose(batch.overall[i], one.overall[0], atol=1e-6)
 
 
+def test_core_composes_inside_the_callers_jit_grad_and_vmap():
+    # The library compiles with CPU options; XLA refuses them on a nested jit, so a core
+    # function called under the caller's own transformation must run as a plain jit.
+    apply_fn, params = nnx_model()
+    want = core.leam_maps(apply_fn, params, IMAGES, target="self").overall
+    got = jax.jit(lambda x: core.leam_maps(apply_fn, params, x, target="self").overall)(IMAGES)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    per_image = jax.vmap(lambda x: core.leam_maps(apply_fn, params, x[None], target="self").overall[0])(IMAGES)
+    np.testing.assert_allclose(per_image, want, atol=1e-6)
+
+
 def test_input_gradient_saliency_is_normalised_abs_gradient():
     apply_fn, params = nnx_model()
     maps, flags = core.input_gradient_saliency(apply_fn, params, IMAGES, core.self_score)
@@ -280,6 +291,34 @@ def test_runners_share_placed_params_without_copies():
     assert all(x is y is z for x, y, z in zip(leaves(placed), leaves(a.params), leaves(b.params)))
     with pytest.raises(ValueError, match="positive multiple"):
         core.LeamRunner(apply_fn, params, batch_size=0)
+
+
+@pytest.mark.parametrize("target", ["identity", "population"])
+def test_set_runner_equals_one_run_per_weighting_and_the_baselines(target):
+    # One forward and backward pass for every weighting and both baselines: each must equal its own run.
+    apply_fn, params = nnx_model()
+    taps = ("c1", "c2", "c3")
+    emb = apply_fn(params, IMAGES)[0]
+    refs, _ = core.loo_references(emb, PERSONS, num_people=3)
+    gallery, _ = core.person_gallery(emb, PERSONS, num_people=3)
+    kw = dict(references=refs, person_ids=PERSONS, gallery=gallery if target == "population" else None)
+    runner = core.LeamSetRunner(apply_fn, params, batch_size=8, weighting=core.WEIGHTINGS, taps=taps, target=target)
+    maps, base = runner(IMAGES, **kw)
+    assert set(maps) == set(core.WEIGHTINGS) and runner.trace_count == 1
+    for w in core.WEIGHTINGS:
+        want = core.leam_maps(apply_fn, params, IMAGES, target=target, weighting=w, taps=taps, num_people=3, **kw)
+        np.testing.assert_allclose(maps[w].per_layer, want.per_layer, atol=1e-6)
+        np.testing.assert_allclose(maps[w].overall, want.overall, atol=1e-6)
+        np.testing.assert_array_equal(maps[w].flags, want.flags)
+    last = core.leam_maps(apply_fn, params, IMAGES, target=target, weighting="gradcam", taps=taps[-1:], num_people=3,
+                          **kw)
+    np.testing.assert_allclose(base["last_layer"], last.overall, atol=1e-6)
+
+    def score(e):
+        return core.target_scores(e, target=target, references=refs, person_ids=PERSONS, gallery=kw["gallery"])
+
+    np.testing.assert_allclose(base["input_gradient"], core.input_gradient_saliency(apply_fn, params, IMAGES, score)[0],
+                               atol=1e-6)
 
 
 # --- fixed shapes: no recompilation ------------------------------------------------------

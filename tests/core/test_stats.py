@@ -142,6 +142,22 @@ def test_occlusion_delta_oracle():
     assert rnd.shape == (2,) and np.all(np.isfinite(rnd))
 
 
+@pytest.mark.parametrize("fill", ["noise", "mean"])
+def test_occlusion_deltas_equal_one_call_per_mask(fill):
+    """The compiled loop over V masks equals V separate occlusion_delta calls, key for key."""
+    w = jnp.asarray(RNG.normal(size=(8 * 8 * 3, 4)), jnp.float32)
+    embed = lambda x: jnp.tanh(x.reshape(x.shape[0], -1) @ w / 100.0)
+    img = jnp.asarray(RNG.uniform(0, 255, (2, 8, 8, 3)), jnp.float32)
+    ref = jnp.asarray(RNG.normal(size=(2, 4)), jnp.float32)
+    masks = jnp.asarray(RNG.random((5, 2, 8, 8)) < 0.2)
+    keys = jax.random.split(jax.random.PRNGKey(1), 5)
+    got = jax.jit(lambda m, k: stats.occlusion_deltas(embed, img, m, ref, fill=fill, keys=k))(masks, keys)
+    want = [stats.occlusion_delta(embed, img, m, ref, fill=fill, key=k) for m, k in zip(masks, keys)]
+    np.testing.assert_allclose(got, np.stack(want), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"\[V, B, H, W\]"):
+        stats.occlusion_deltas(embed, img, masks[0], ref)
+
+
 # --- verification: all pairs, AUC, TAR at FAR (brute-force oracles) -------------------------
 
 
