@@ -577,7 +577,7 @@ def person_specificity(
     valid: jax.Array | None = None,
     pair_mask: jax.Array | None = None,
     level: float = 0.95,
-    chunk: int = 50,
+    chunk: int = 4,
 ) -> Specificity:
     """AUC and Cohen's d of a pairwise score as a same-person detector, with person-bootstrap intervals.
 
@@ -586,7 +586,8 @@ def person_specificity(
     ``num_draws`` resamples of the people that have at least one counted pair (weights as in
     :func:`person_bootstrap_weights`; draws with no pair on a side are dropped). The draws run
     ``chunk`` at a time (memory ~ chunk x M x 24 bytes for M = N(N-1)/2 pairs) and do not depend
-    on ``chunk``. Compiled once per shape and (static) ``num_draws``, ``level`` and ``chunk``.
+    on ``chunk``. Small chunks keep each draw's passes over the pairs in cache: on a 2-core CPU,
+    466 faces (M = 108k) took 5.4 ms per draw at chunk 50 and 1.5-2.2 at 2-8; 1500 faces 19-23. Compiled once per shape and (static) ``num_draws``, ``level`` and ``chunk``.
 
     Args:
       values: [N, N] pairwise score (e.g. :func:`bc_matrix`), read above the diagonal.

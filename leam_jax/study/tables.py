@@ -40,7 +40,7 @@ _C = {c: i for i, c in enumerate(CLASSES)}
 REGIONS = {**{c: (c,) for c in CLASSES if c != "background"}, **regions.REGION_GROUPS}
 METHODS = ("leam", "input_gradient", "last_layer", "random")
 SPARSITIES = (None, 1.0, 5.0, 10.0, 20.0)  # person-specificity at full maps and top-p% (LEAM_SPEC section 6)
-# Person-bootstrap draws of the specificity AUC and d (each draw is O(pairs): ~7 ms at 466 faces on 2
+# Person-bootstrap draws of the specificity AUC and d (each draw is O(pairs): ~2 ms at 466 faces on 2
 # cores): N_BOOTSTRAP for the overall map at the headline sparsity, fewer elsewhere, and the per-layer
 # rows away from full maps give the point estimates only (empty intervals).
 N_OTHER_DRAWS = 200
@@ -335,7 +335,6 @@ def pair_scopes(col: Collected, study: Study, rows: np.ndarray) -> list[tuple[st
     return [("all", None), (f"within {column}", values[:, None] == values[None, :])]
 
 
-@functools.cache
 @functools.cache
 def _compiled(fn, static: tuple[str, ...]):
     """``core.jit(fn)``, built once per function: looked up at call time, so the tables follow ``stats``.
