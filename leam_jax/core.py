@@ -664,7 +664,8 @@ class LeamRunner:
         mesh: jax.sharding.Mesh | None = None,
         temperature: float = DEFAULT_TEMPERATURE,
     ):
-        weightings = (weighting,) if isinstance(weighting, str) else tuple(weighting)
+        # LeamRunner takes one weighting; LeamSetRunner a sequence of them.
+        weightings = tuple(weighting) if self._baselines and not isinstance(weighting, str) else (weighting,)
         if target not in TARGETS or not weightings or any(w not in WEIGHTINGS for w in weightings):
             raise ValueError(f"bad target {target!r} or weighting {weighting!r}")
         self.placement = Placement(batch_size, mesh)
@@ -677,7 +678,7 @@ class LeamRunner:
         static = dict(target=target, weightings=weightings, taps=None if taps is None else tuple(taps),
                       output_size=None if output_size is None else tuple(output_size), num_people=batch_size,
                       temperature=float(temperature), baselines=self._baselines)
-        single = isinstance(weighting, str) and not self._baselines
+        single = not self._baselines
 
         def run(params, images, references, negatives, person_ids, valid, layer_weights, gallery):
             self.trace_count += 1  # Python side effect: runs once per compilation
