@@ -546,7 +546,7 @@ def _leam_set(
         return out, None
     last = names[-1]
     last_map = normalize_maps(resize_maps(layer_map(grads[last], acts[last], "gradcam"), size))[0]
-    input_map = normalize_maps(jnp.max(jnp.abs(dx), axis=-1))[0]
+    input_map = _gradient_saliency(dx)[0]
     return out, {"input_gradient": jnp.where(keep[:, None, None], input_map, 0.0),
                  "last_layer": jnp.where(keep[:, None, None], last_map, 0.0)}
 
@@ -630,7 +630,11 @@ def input_gradient_saliency(
     def total(x):
         return jnp.sum(score_fn(apply_fn(params, x)[0]))
 
-    g = jax.grad(total)(images.astype(jnp.float32))
+    return _gradient_saliency(jax.grad(total)(images.astype(jnp.float32)))
+
+
+def _gradient_saliency(g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``max_c |g|`` of an input gradient [B, H, W, C], normalised -> (maps [B, H, W], flags [B])."""
     return normalize_maps(jnp.max(jnp.abs(g), axis=-1))
 
 

@@ -587,7 +587,8 @@ def person_specificity(
     :func:`person_bootstrap_weights`; draws with no pair on a side are dropped). The draws run
     ``chunk`` at a time (memory ~ chunk x M x 24 bytes for M = N(N-1)/2 pairs) and do not depend
     on ``chunk``. Small chunks keep each draw's passes over the pairs in cache: on a 2-core CPU,
-    466 faces (M = 108k) took 5.4 ms per draw at chunk 50 and 1.5-2.2 at 2-8; 1500 faces 19-23. Compiled once per shape and (static) ``num_draws``, ``level`` and ``chunk``.
+    466 faces (M = 108k) took 5.4 ms per draw at chunk 50 and 1.5-2.2 at 2-8; 1500 faces 19-23.
+    Compiled once per shape and (static) ``num_draws``, ``level`` and ``chunk``.
 
     Args:
       values: [N, N] pairwise score (e.g. :func:`bc_matrix`), read above the diagonal.
