@@ -26,7 +26,7 @@ from flax import nnx
 
 from leam_jax.adapters import TapRecorder
 from leam_jax.models.contract import check_images
-from leam_jax.models.layers import Affine
+from leam_jax.models.layers import Affine, max_pool
 
 INPUT_SIZE = 150
 EMBEDDING_DIM = 128
@@ -63,7 +63,7 @@ def _conv(cin: int, cout: int, k: int, stride: int, *, rngs: nnx.Rngs) -> nnx.Co
 def _pool(x: jax.Array, op: str, window: int, stride: int) -> jax.Array:
     dims, strides = (1, window, window, 1), (1, stride, stride, 1)
     if op == "max":
-        return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, dims, strides, "VALID")
+        return max_pool(x, window, stride)
     total = jax.lax.reduce_window(x, 0.0, jax.lax.add, dims, strides, "VALID")
     return total / (window * window)
 

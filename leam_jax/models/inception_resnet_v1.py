@@ -39,6 +39,7 @@ from flax import nnx
 from leam_jax.adapters import TapRecorder
 from leam_jax.models.contract import check_images
 from leam_jax.models.host_init import normal_fan_in
+from leam_jax.models.layers import max_pool
 
 INPUT_SIZE = 160
 EMBEDDING_DIM = 512
@@ -70,7 +71,7 @@ def _seq(x: jax.Array, convs) -> jax.Array:
 
 
 def _max_pool(x: jax.Array) -> jax.Array:
-    return nnx.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+    return max_pool(x, 3, 2)  # the shared pool with a fast backward pass (leam_jax.models.layers)
 
 
 class Block35(nnx.Module):

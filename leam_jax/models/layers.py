@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -85,3 +87,52 @@ class DepthwiseConv(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         y = depthwise_conv2d(x, self.kernel[...], stride=self.stride, padding=self.padding)
         return y if self.bias is None else y + self.bias[...]
+
+
+# Max pooling with a hand-written backward pass: XLA:CPU runs the gradient of reduce_window max
+# (select-and-scatter) slowly, and dlib's 3x3/2 pool sits on LEAM's backward path (BUILD.md, "Study
+# speed", has the measurement). The gradient goes to the first maximum of each window in row-major
+# window order, as select-and-scatter gives it (tests/models/test_layers.py).
+
+
+def _pool_views(x: jax.Array, k: int, stride: int) -> list[jax.Array]:
+    return shifted_views(x, k, stride, "VALID")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
+    """VALID max pooling of [B, H, W, C] over ``window`` x ``window`` windows (pad with -inf first for SAME)."""
+    return functools.reduce(jnp.maximum, _pool_views(x, window, stride))
+
+
+def _max_pool_fwd(x, window, stride):
+    views = _pool_views(x, window, stride)
+    best, first = views[0], jnp.zeros(views[0].shape, jnp.int8)
+    for n, v in enumerate(views[1:], 1):
+        later = v > best  # strictly greater: ties keep the earlier window position
+        best, first = jnp.where(later, v, best), jnp.where(later, jnp.int8(n), first)
+    return best, (first, x.shape)
+
+
+def _max_pool_bwd(window, stride, res, g):
+    """Each window offset (di, dj) sends its share of ``g`` to input rows stride*i + di: split di into
+    (di // stride, di % stride), pad the quotient and interleave the remainders (no scatter)."""
+    first, shape = res
+    b, ho, wo, c = g.shape
+    q = (window - 1) // stride
+    parts: dict[tuple[int, int], jax.Array] = {}
+    for n in range(window * window):
+        di, dj = divmod(n, window)
+        part = jnp.pad(jnp.where(first == n, g, 0), ((0, 0), (di // stride, q - di // stride),
+                                                     (dj // stride, q - dj // stride), (0, 0)))
+        r = (di % stride, dj % stride)
+        parts[r] = part + parts[r] if r in parts else part
+    zero = jnp.zeros((b, ho + q, wo + q, c), g.dtype)
+    rows = [jnp.stack([parts.get((ri, rj), zero) for rj in range(stride)], axis=3) for ri in range(stride)]
+    full = jnp.stack(rows, axis=2).reshape(b, (ho + q) * stride, (wo + q) * stride, c)
+    h, w = shape[1:3]
+    full = full[:, :h, :w]
+    return (jnp.pad(full, ((0, 0), (0, h - full.shape[1]), (0, w - full.shape[2]), (0, 0))),)
+
+
+max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
