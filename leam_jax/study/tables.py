@@ -30,6 +30,7 @@ from leam_jax.study import files, schema
 
 N_BOOTSTRAP = 1000
 N_PERMUTATIONS = 1000
+PERMUTATION_CHUNK = 100  # relabellings gathered at once (memory ~ chunk x same-person pairs x 12 bytes)
 MAX_BC_FACES = 4000  # all-pairs BC above this many faces uses a seeded subset of people
 MAX_GROUP_VALUES = 20  # attribute columns with more distinct values are not grouped by default
 MAX_PAIR_ROWS = 2000  # per kind, in bc_pairs.csv (histograms)
@@ -167,9 +168,19 @@ def mean_ci(values: np.ndarray, seed: int) -> tuple[float, float, float]:
     return float(v.mean()), float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
 
 
+def _normalise(maps: jax.Array) -> jax.Array:
+    return core.normalize_maps(maps)[0]
+
+
 def normalised(maps: np.ndarray) -> np.ndarray:
     """Stored (float16, pooled) maps renormalised to sum 1 (``core.normalize_maps``), float32."""
-    return np.asarray(core.normalize_maps(jnp.asarray(maps, jnp.float32))[0])
+    return np.asarray(_compiled(_normalise, ())(jnp.asarray(maps, jnp.float32)))
+
+
+def bc_of(maps: np.ndarray, top_percent: float | None = None) -> np.ndarray:
+    """All-pairs BC (``stats.bc_matrix``) of stored maps [n, H, W], renormalised; one program per shape."""
+    return np.asarray(_compiled(stats.bc_matrix, ("top_percent",))(jnp.asarray(normalised(maps)),
+                                                                    top_percent=top_percent))
 
 
 def dense_ids(persons: np.ndarray) -> np.ndarray:
@@ -190,23 +201,25 @@ def permutation_p(values: np.ndarray, ids: np.ndarray, seed: int) -> float | Non
     total, s_sum = vals.sum(), vals[same].sum()
     observed = s_sum / n_same - (total - s_sum) / n_diff
     rng, hits = np.random.default_rng(seed), 0
-    for _ in range(N_PERMUTATIONS):
-        inv = rng.permutation(n)  # relabel: face k takes the label of face inv[k]
-        ps = values[inv[a], inv[b]].astype(np.float64).sum()
-        hits += (ps / n_same - (total - ps) / n_diff) >= observed - 1e-15
+    for start in range(0, N_PERMUTATIONS, PERMUTATION_CHUNK):  # vectorised over a chunk of relabellings
+        inv = np.stack([rng.permutation(n) for _ in range(min(PERMUTATION_CHUNK, N_PERMUTATIONS - start))])
+        ps = values[inv[:, a], inv[:, b]].astype(np.float64).sum(axis=1)  # face k takes the label of inv[k]
+        hits += int(np.sum((ps / n_same - (total - ps) / n_diff) >= observed - 1e-15))
     return (1 + hits) / (1 + N_PERMUTATIONS)
 
 
-def bc_summary(bc: np.ndarray, persons: np.ndarray, seed: int) -> dict:
-    """Same- vs different-person means of a BC matrix (``stats.same_different``), pair counts and
-    the permutation p-value."""
+def bc_summary(bc: np.ndarray, persons: np.ndarray, keep: np.ndarray, seed: int) -> dict:
+    """Same- vs different-person means over the ``keep`` rows of a BC matrix (``stats.same_different``;
+    the matrix keeps its shape, so one compiled program serves every layer and group), pair counts
+    and the permutation p-value."""
     out = {"bc_same_mean": float("nan"), "bc_diff_mean": float("nan"), "n_same": 0, "n_diff": 0, "p_value": None}
-    if len(persons) < 2:
+    if keep.sum() < 2:
         return out
     ids = dense_ids(persons)
-    s = stats.same_different(jnp.asarray(bc), jnp.asarray(ids))
+    s = _compiled(stats.same_different, ())(jnp.asarray(bc), jnp.asarray(ids), valid=jnp.asarray(keep))
+    k = np.flatnonzero(keep)
     return {"bc_same_mean": float(s.mean_same), "bc_diff_mean": float(s.mean_diff), "n_same": int(s.n_same),
-            "n_diff": int(s.n_diff), "p_value": permutation_p(bc, ids, seed)}
+            "n_diff": int(s.n_diff), "p_value": permutation_p(bc[np.ix_(k, k)], ids[k], seed)}
 
 
 def pair_sample(bc: np.ndarray, persons: np.ndarray, seed: int) -> list[tuple[str, float]]:
@@ -293,24 +306,24 @@ def region_rows(col: Collected, study: Study, grouped) -> list[list]:
 
 
 def bc_rows(col: Collected, study: Study, grouped) -> tuple[list[list], list[list]]:
-    """bc.csv (overall maps per group, layer maps for all faces) and bc_pairs.csv (a sample)."""
+    """bc.csv (overall maps per group, layer maps for all faces) and bc_pairs.csv (a sample). Matrices
+    cover every face of the subset (fixed shapes); flagged maps are left out by ``bc_summary``."""
     subset = _subset_for_bc(col.person, study.seed) if len(col.path) else np.zeros(0, int)
+    persons = col.person[subset]
     out, pairs = [], []
     for m, w in study.pairs(col):
-        valid = subset[~col.arrays[schema.per_map("overall_flags", m, w)][subset]]
-        bc = np.asarray(stats.bc_matrix(jnp.asarray(normalised(col.arrays[schema.per_map("overall", m, w)][valid]))))
+        ok = ~col.arrays[schema.per_map("overall_flags", m, w)][subset]
+        bc = bc_of(col.arrays[schema.per_map("overall", m, w)][subset])
         for g, rows in grouped:
-            pos = np.flatnonzero(np.isin(valid, rows))
-            r = bc_summary(bc[np.ix_(pos, pos)], col.person[valid[pos]], study.seed)
+            r = bc_summary(bc, persons, ok & np.isin(subset, rows), study.seed)
             out.append([m, w, "overall", g, r["bc_same_mean"], r["bc_diff_mean"], r["n_same"], r["n_diff"],
                         r["p_value"]])
             if g == "all":
-                pairs += [[m, w, kind, v] for kind, v in pair_sample(bc, col.person[valid], study.seed)]
-        layers = col.arrays[schema.per_map("layers", m, w)]
+                v = np.flatnonzero(ok)
+                pairs += [[m, w, kind, x] for kind, x in pair_sample(bc[np.ix_(v, v)], persons[v], study.seed)]
+        layers, flags = col.arrays[schema.per_map("layers", m, w)], col.arrays[schema.per_map("flags", m, w)]
         for li, tap in enumerate(study.taps[m]):
-            lv = subset[~col.arrays[schema.per_map("flags", m, w)][subset, li]]
-            bc_l = np.asarray(stats.bc_matrix(jnp.asarray(normalised(layers[lv, li]))))
-            r = bc_summary(bc_l, col.person[lv], study.seed)
+            r = bc_summary(bc_of(layers[subset, li]), persons, ~flags[subset, li], study.seed)
             out.append([m, w, tap, "all", r["bc_same_mean"], r["bc_diff_mean"], r["n_same"], r["n_diff"],
                         r["p_value"]])
     return out, pairs
@@ -371,7 +384,7 @@ def _specificity_of(maps: np.ndarray, valid: np.ndarray, col: Collected, rows: n
     False; shapes stay fixed so one compiled program serves every layer)."""
     out = []
     for sp in SPARSITIES:
-        bc = np.asarray(_compiled(stats.bc_matrix, ("top_percent",))(jnp.asarray(normalised(maps)), top_percent=sp))
+        bc = bc_of(maps, sp)
         label = _sparsity_label(sp)
         draws = _draws(layer, label)
         for scope, mask in scopes:
@@ -443,6 +456,18 @@ def deletion_rows(col: Collected, study: Study, grouped) -> list[list]:
     return out
 
 
+@functools.cache
+def _layer_bc(diversity: Callable) -> Callable:
+    """Compiled BC between a face's layer maps, built once per ``stats.layer_diversity`` (looked up at call time)."""
+    return core.jit(lambda layers: diversity(layers)[0])
+
+
+@functools.cache
+def _model_bc(agreement: Callable) -> Callable:
+    """Compiled BC between two models' maps of a face [n, 2, H, W], once per ``stats.model_agreement``."""
+    return core.jit(lambda both: agreement(both[:, 0], both[:, 1]))
+
+
 def layer_diversity_rows(col: Collected, study: Study) -> list[list]:
     """layer_diversity.csv: BC between layer maps of one face (``stats.layer_diversity``), mean over faces."""
     out = []
@@ -450,7 +475,7 @@ def layer_diversity_rows(col: Collected, study: Study) -> list[list]:
         layers = normalised(col.arrays[schema.per_map("layers", m, w)])
         if not len(layers):
             continue
-        div = batching.batched(lambda x: stats.layer_diversity(x)[0], layers, min(CHUNK, len(layers)))
+        div = batching.batched(_layer_bc(stats.layer_diversity), layers, min(CHUNK, len(layers)))
         mean = div.astype(np.float64).mean(0)
         taps = study.taps[m]
         out += [[m, w, ta, tb, mean[a, b]] for a, ta in enumerate(taps) for b, tb in enumerate(taps)]
@@ -466,7 +491,7 @@ def model_agreement_rows(col: Collected, study: Study) -> list[list]:
                 ka, kb = schema.per_map("overall", a, w), schema.per_map("overall", b, w)
                 if ka in col.arrays and kb in col.arrays and n:
                     both = np.stack([normalised(col.arrays[ka]), normalised(col.arrays[kb])], axis=1)
-                    bc = batching.batched(lambda x: stats.model_agreement(x[:, 0], x[:, 1]), both, min(CHUNK, n))
+                    bc = batching.batched(_model_bc(stats.model_agreement), both, min(CHUNK, n))
                     out.append([w, a, b, float(bc.astype(np.float64).mean()), n])
     return out
 
@@ -505,10 +530,10 @@ def verification_rows(col: Collected, study: Study) -> list[list]:
         emb = col.arrays.get(schema.per_model("emb", m))
         if emb is None or len(emb) < 2:
             continue
-        scores, same = stats.pair_scores(jnp.asarray(emb), jnp.asarray(dense_ids(col.person)))
+        scores, same = _compiled(stats.pair_scores, ("metric",))(jnp.asarray(emb), jnp.asarray(dense_ids(col.person)))
         n_same = int(jnp.sum(same))
-        auc = float(stats.roc_auc(scores, same)) if n_same else float("nan")
-        tar = float(stats.tar_at_far(scores, same, 0.01)) if n_same else float("nan")
+        auc = float(_compiled(stats.roc_auc, ())(scores, same)) if n_same else float("nan")
+        tar = float(_compiled(stats.tar_at_far, ("far",))(scores, same, far=0.01)) if n_same else float("nan")
         out.append([m, auc, tar, n_same, int(same.shape[0]) - n_same])
     return out
 

@@ -4,6 +4,7 @@ import csv
 import itertools
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -86,8 +87,8 @@ def test_bc_summary_oracle_and_permutation_test():
     maps = np.stack([centres[p] + 0.3 * rng.random((8, 8)) for p in persons])
     maps /= maps.sum(axis=(1, 2), keepdims=True)
 
-    def summary(m):
-        return tables.bc_summary(np.asarray(stats.bc_matrix(jnp.asarray(m, jnp.float32))), persons, seed=0)
+    def summary(m, keep=np.ones(len(persons), bool)):
+        return tables.bc_summary(np.asarray(stats.bc_matrix(jnp.asarray(m, jnp.float32))), persons, keep, seed=0)
 
     r = summary(maps)
     s, d, ns, nd = _brute_bc(maps, persons)
@@ -96,7 +97,16 @@ def test_bc_summary_oracle_and_permutation_test():
     assert r["p_value"] < 0.01  # person-specific maps: same > different, significant
     shuffled = summary(rng.permuted(maps.reshape(18, -1), axis=1).reshape(maps.shape))
     assert shuffled["p_value"] > 0.05  # no person structure
-    assert tables.bc_summary(np.ones((1, 1)), persons[:1], seed=0)["p_value"] is None
+    assert tables.bc_summary(np.ones((1, 1)), persons[:1], np.ones(1, bool), seed=0)["p_value"] is None
+    # Rows left out by ``keep`` (flagged maps, other groups) count as if the matrix had only the kept rows.
+    keep = np.arange(len(persons)) % 4 != 1
+    s, d, ns, nd = _brute_bc(maps[keep], persons[keep])
+    r = summary(maps, keep)
+    assert (r["n_same"], r["n_diff"]) == (ns, nd)
+    assert r["bc_same_mean"] == pytest.approx(s, rel=1e-6) and r["bc_diff_mean"] == pytest.approx(d, rel=1e-6)
+    sub = tables.bc_summary(np.asarray(stats.bc_matrix(jnp.asarray(maps[keep], jnp.float32))), persons[keep],
+                            np.ones(int(keep.sum()), bool), seed=0)
+    assert r["p_value"] == sub["p_value"]
 
 
 def test_mean_ci_is_seeded_and_brackets_the_mean():
@@ -193,3 +203,44 @@ def test_model_worker_places_params_once_and_explains_like_the_core():
                           weighting="layercam", taps=("c1", "c2", "c3"))
     np.testing.assert_allclose(got.overall, want.overall, atol=1e-6)
     np.testing.assert_array_equal(got.used_self, [False] * 5 + [True])
+
+
+def test_permutation_p_equals_one_relabelling_at_a_time():
+    """The chunked permutation test gives the p-value of the plain loop (same seeded relabellings)."""
+    rng = np.random.default_rng(4)
+    ids = np.repeat(np.arange(7), 3)
+    values = rng.random((21, 21)) + 0.15 * (ids[:, None] == ids[None, :])
+    values = (values + values.T) / 2
+    iu = np.triu_indices(21, 1)
+    same = ids[iu[0]] == ids[iu[1]]
+    a, b = iu[0][same], iu[1][same]
+    total, s_sum = values[iu].sum(), values[iu][same].sum()
+    observed = s_sum / same.sum() - (total - s_sum) / (~same).sum()
+    loop, hits = np.random.default_rng(9), 0
+    for _ in range(tables.N_PERMUTATIONS):
+        inv = loop.permutation(21)
+        ps = values[inv[a], inv[b]].sum()
+        hits += (ps / same.sum() - (total - ps) / (~same).sum()) >= observed - 1e-15
+    assert tables.permutation_p(values, ids, seed=9) == (1 + hits) / (1 + tables.N_PERMUTATIONS)
+
+
+def test_compile_cache_is_used_and_an_environment_folder_wins(tmp_path):
+    from leam_jax.study import job
+
+    before = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+    try:
+        jax.config.update("jax_compilation_cache_dir", None)
+        job.use_compile_cache("")
+        assert jax.config.jax_compilation_cache_dir is None  # empty: off
+        job.use_compile_cache(str(tmp_path / "xla"))
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
+        job.use_compile_cache(str(tmp_path / "other"))  # a folder already set (the environment's) is kept
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.jit(lambda x: jnp.sin(x) * 3.0 + 1.0)(jnp.arange(7.0)).block_until_ready()
+        assert any((tmp_path / "xla").iterdir())  # the program was written to the cache
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before[0])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
+        from jax.experimental.compilation_cache import compilation_cache
+        compilation_cache.reset_cache()
