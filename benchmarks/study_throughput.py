@@ -89,11 +89,13 @@ def main() -> None:
     ap.add_argument("--max_images_per_person", type=int, default=0)
     ap.add_argument("--output_dir", default="/tmp/leam_study_bench")
     ap.add_argument("--no_report", action="store_true")
+    ap.add_argument("--compile_cache", default="", help="XLA cache folder (default: none, a cold run that compiles "
+                    "everything; the study's own default is ~/.cache/leam_jax/xla)")
     args = ap.parse_args()
 
     shutil.rmtree(args.output_dir, ignore_errors=True)
     cfg = config.StudyConfig(manifest=args.manifest or None, output_dir=args.output_dir, report=not args.no_report,
-                             max_images_per_person=args.max_images_per_person)
+                             max_images_per_person=args.max_images_per_person, compile_cache=args.compile_cache)
     _instrument()
     t = time.perf_counter()
     summary = job.run(cfg, log=lambda line: None)

@@ -88,6 +88,10 @@ class StudyConfig:
     loader_threads: int = _opt(0, "Threads decoding, detecting, aligning and parsing ahead of the device "
                                "(0: one per CPU core).")
     prefetch: int = _opt(1, "Shards prepared ahead of the one on the device.")
+    compile_cache: str = _opt("~/.cache/leam_jax/xla", "Folder of XLA's persistent compilation cache: a rerun, a resume "
+                              "or another study of the same models and settings loads its compiled programs instead "
+                              "of compiling them again (empty: off; a cache the environment set, "
+                              "JAX_COMPILATION_CACHE_DIR, is kept).")
     report: bool = _opt(True, "Write figures/ and report.html at the end.")
     report_people: int = _opt(12, "People with a section of their own in the report (most images first).")
     report_faces: bool = _opt(False, "Draw per-person maps over the person's aligned face (re-read from the input "

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from jax.experimental.compilation_cache import compilation_cache
 
 from leam_jax import core, models, weights
 from leam_jax.face.pipeline import TEMPLATES
@@ -175,6 +176,14 @@ def _load(name: str):
     return weights.load(name)
 
 
+def use_compile_cache(folder: str) -> None:
+    """XLA's persistent compilation cache in ``folder`` (the study's programs take minutes to compile
+    on a CPU; cached, a rerun or resume starts at once). A folder set by the environment wins."""
+    if folder and not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(Path(folder).expanduser()))
+        compilation_cache.reset_cache()  # JAX decides on first compile whether to cache; decide again
+
+
 def run(config: StudyConfig, log: Callable[[str], None] = print) -> dict:
     """Run (or resume) the study of ``config``; returns the summary (``summary.json``).
 
@@ -183,6 +192,7 @@ def run(config: StudyConfig, log: Callable[[str], None] = print) -> dict:
     """
     t0 = time.perf_counter()
     config.validate()
+    use_compile_cache(config.compile_cache)
     specs = _check_models(config)
     if config.coordinator_address:
         jax.distributed.initialize(config.coordinator_address, config.num_processes, config.process_index)
