@@ -31,7 +31,7 @@ from leam_jax.study.compute import ModelWorker, compute_shard
 from leam_jax.study.config import StudyConfig
 from leam_jax.study.loader import Loader
 
-FACES = Path(__file__).resolve().parents[1].parent / "shared" / "faces"
+FACES = Path(os.environ.get("LEAM_JAX_FACES", Path(__file__).resolve().parents[2] / "shared" / "faces"))
 
 
 def main() -> None:
@@ -50,8 +50,9 @@ def main() -> None:
     srcs = srcs[: args.images + args.batch]
     spec = models.REGISTRY[args.model]
     mesh = core.batch_mesh()
+    # identity target: the kernel half below explains the same score (population needs the run's gallery)
     cfg = StudyConfig(weightings=("gradcam",), occlusion_percents=(), occlusion_fills=(), transfer_percent=0.0,
-                      batch_size=args.batch).compute()
+                      batch_size=args.batch, target="identity").compute()
     worker = ModelWorker(weights.load(args.model), template=spec.template, taps=spec.taps, config=cfg, mesh=mesh)
     loader = Loader(FacePipeline(), [spec.template], threads=args.threads, prefetch=1)
     shards = [srcs[i : i + args.batch] for i in range(0, len(srcs), args.batch)]
