@@ -1,7 +1,7 @@
 """BlazeFace post-processing: anchors, decoding, weighted NMS, letterboxing.
 
-Pure numpy / JAX (no TF, no cv2); what MediaPipe's ``face_detection_back``
-graph does around the network (SsdAnchorsCalculator,
+numpy, scipy.sparse (a dependency of jax) and JAX, no TF or cv2; what
+MediaPipe's ``face_detection_back`` graph does around the network (SsdAnchorsCalculator,
 TensorsToDetectionsCalculator, NonMaxSuppressionCalculator with the WEIGHTED
 algorithm), written out:
 
@@ -37,9 +37,10 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.sparse
 
 from leam_jax import core
-from leam_jax.batching import batched
+from leam_jax.batching import batched, chunks
 
 INPUT_SIZE = 256
 NUM_KEYPOINTS = 6
@@ -156,58 +157,54 @@ class Letterbox:
         return (np.asarray(points, np.float64) - np.asarray(self.offset)) / np.asarray(self.scale)
 
 
-def letterbox(image: np.ndarray, size: int = INPUT_SIZE) -> tuple[jax.Array, Letterbox]:
+def letterbox(image: np.ndarray, size: int = INPUT_SIZE, *, border: int = 0) -> tuple[np.ndarray, Letterbox]:
     """Scale ``image`` [H, W, 3] (uint8 RGB) so its long side is ``size`` and centre it on black.
 
-    Returns (canvas [size, size, 3] float32 in 0..255, the Letterbox). Resampling
-    is linear with antialiasing when shrinking (``jax.image.resize``).
+    ``border``: letterbox the image as if it had a black border of that many pixels on each
+    side (the detector's padded retry), without building the larger image; the Letterbox then
+    maps to the bordered image's pixels. Returns (canvas [size, size, 3] float32 in 0..255, the
+    Letterbox). Resampling is ``jax.image.resize(..., "linear", antialias=True)`` (a triangle
+    kernel widened when shrinking), computed on the host (:func:`_resize_matrix`).
     """
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
         raise ValueError(f"letterbox needs an RGB image [H, W, 3], got shape {image.shape}")
     h, w = image.shape[:2]
-    s = size / max(h, w)
-    nw, nh = max(1, round(w * s)), max(1, round(h * s))
+    hp, wp = h + 2 * border, w + 2 * border
+    s = size / max(hp, wp)
+    nw, nh = max(1, round(wp * s)), max(1, round(hp * s))
     ox, oy = (size - nw) // 2, (size - nh) // 2
-    rows = _resize_axis(image.astype(np.float32), nh, axis=0)
-    resized = _resize_axis(rows, nw, axis=1)  # [nh, nw, 3]
+    rows = _resize_matrix(h, nh, border) @ image.reshape(h, w * 3).astype(np.float32)  # [nh, w * 3]
+    cols = _resize_matrix(w, nw, border) @ rows.reshape(nh, w, 3).transpose(1, 0, 2).reshape(w, nh * 3)
     canvas = np.zeros((size, size, 3), np.float32)
-    canvas[oy:oy + nh, ox:ox + nw] = np.clip(resized, 0.0, 255.0)
-    return jnp.asarray(canvas), Letterbox(scale=(nw / w, nh / h), offset=(float(ox), float(oy)), image_size=(w, h))
+    canvas[oy:oy + nh, ox:ox + nw] = np.clip(cols.reshape(nw, nh, 3).transpose(1, 0, 2), 0.0, 255.0)
+    return canvas, Letterbox(scale=(nw / wp, nh / hp), offset=(float(ox), float(oy)), image_size=(wp, hp))
 
 
-def _resize_weights(n_in: int, n_out: int) -> np.ndarray:
-    """[n_in, n_out] weights of ``jax.image.resize(..., "linear", antialias=True)`` along one axis.
+@functools.lru_cache(maxsize=512)
+def _resize_matrix(n_in: int, n_out: int, border: int = 0) -> scipy.sparse.csr_array:
+    """[n_out, n_in] sparse weights of ``jax.image.resize(..., "linear", antialias=True)`` along one axis.
 
-    The same triangle kernel (widened by the shrink factor), computed in numpy: every photo
-    has its own size, and an op-by-op JAX resize compiles anew for each (90% of the
-    loader's time).
+    The triangle kernel (widened by the shrink factor) over the axis with ``border`` black pixels
+    added at both ends; those pixels' columns are dropped (they add exact zeros). Computed in numpy,
+    as every photo has its own size and an op-by-op JAX resize compiles anew for each; as a sparse
+    matrix, since each output reads only a band of ~2x the shrink factor inputs (the per-tap numpy
+    loop it replaced took 14 ms for a 1-2 MP photo, this 4 ms). Each row's weights are summed and applied in input order,
+    as a dense [n_in, n_out] column would be, so the result does not depend on the band's width.
     """
-    inv_scale = n_in / n_out
+    n_pad = n_in + 2 * border
+    inv_scale = n_pad / n_out
     kernel_scale = max(inv_scale, 1.0)
     sample = (np.arange(n_out) + 0.5) * inv_scale - 0.5
-    x = np.abs(sample[None, :] - np.arange(n_in)[:, None]) / kernel_scale
-    weights = np.maximum(0.0, 1.0 - x)
-    total = weights.sum(axis=0, keepdims=True)
-    weights = np.where(np.abs(total) > 1000 * np.finfo(np.float32).eps, weights / np.where(total != 0, total, 1), 0.0)
-    inside = (sample >= -0.5) & (sample <= n_in - 0.5)
-    return np.where(inside[None, :], weights, 0.0).astype(np.float32)
-
-
-def _resize_axis(x: np.ndarray, n_out: int, axis: int) -> np.ndarray:
-    """Resample one axis with ``_resize_weights``, using only each output's band of inputs."""
-    weights = _resize_weights(x.shape[axis], n_out)  # [n_in, n_out], nonzero in a band
-    nonzero = weights != 0
-    lo = np.where(nonzero.any(0), nonzero.argmax(0), 0)
-    width = int((nonzero.sum(0)).max()) if nonzero.any() else 1
-    x = np.moveaxis(x, axis, 0)
-    out = np.zeros((n_out, *x.shape[1:]), np.float32)
-    cols = np.arange(n_out)
-    for k in range(width):
-        j = np.minimum(lo + k, x.shape[0] - 1)
-        wk = np.where(lo + k < x.shape[0], weights[j, cols], 0.0).astype(np.float32)
-        out += wk.reshape(-1, *([1] * (x.ndim - 1))) * x[j]
-    return np.moveaxis(out, 0, axis)
+    idx = np.floor(sample - kernel_scale).astype(np.int64)[:, None] + np.arange(int(np.ceil(2 * kernel_scale)) + 2)
+    weights = np.where((idx >= 0) & (idx < n_pad), np.maximum(0.0, 1.0 - np.abs(sample[:, None] - idx) / kernel_scale), 0.0)
+    total = functools.reduce(np.add, weights.T)  # left to right: numpy's pairwise sum would round otherwise
+    ok = (np.abs(total) > 1000 * np.finfo(np.float32).eps) & (sample >= -0.5) & (sample <= n_pad - 0.5)
+    weights = np.where(ok[:, None], weights / np.where(total != 0, total, 1)[:, None], 0.0).astype(np.float32)
+    idx = idx - border
+    keep = (idx >= 0) & (idx < n_in) & (weights != 0)
+    indptr = np.concatenate([[0], np.cumsum(keep.sum(1))])
+    return scipy.sparse.csr_array((weights[keep], idx[keep], indptr), shape=(n_out, n_in))
 
 
 def preprocess(canvas: jax.Array) -> jax.Array:
@@ -236,22 +233,70 @@ def _network(apply, params, x):
     return apply(params, x)
 
 
-@core.jit(static_argnames=("min_score", "iou_threshold", "max_detections"))
-def _postprocess(regressors, logits, *, min_score, iou_threshold, max_detections):
+def _nms_all(regressors, logits, *, min_score, iou_threshold, max_detections):
     boxes, kps, scores = decode(regressors, logits)
     nms = functools.partial(weighted_nms, iou_threshold=iou_threshold, min_score=min_score, max_detections=max_detections)
     return jax.vmap(nms)(boxes, kps, scores)
 
 
+# Network, decoding and NMS as one compiled call, so only the [B, 16] detections leave the device.
+# NMS side, measured on this CPU (benchmarks/face_pipeline_throughput.py): alone, 0.25 ms per photo
+# compiled vs 0.07-0.15 ms in numpy over the candidates; inside the detector's call its cost is lost in
+# the network's 22 ms. Kept here: one implementation, and no raw [B, 896, 17] outputs to fetch.
+# ``x`` is preprocessed outside (eagerly): compiled together, XLA rounds x / 127.5 - 1 differently
+# (1 ulp), which moved boxes by up to 3e-4 px against the detector's results before batching.
+@core.jit(static_argnames=("apply", "min_score", "iou_threshold", "max_detections"))
+def _detect_fn(apply, params, x, *, min_score, iou_threshold, max_detections):
+    regressors, logits = apply(params, x)
+    return _nms_all(regressors, logits, min_score=min_score, iou_threshold=iou_threshold, max_detections=max_detections)
+
+
+def bucket_size(n: int, batch_size: int) -> int:
+    """The smallest power of two >= ``n``, at most ``batch_size``: the batch shape ``n`` rows are padded to."""
+    return min(batch_size, 1 << max(n - 1, 0).bit_length())
+
+
+def run_bucketed(fn: Callable, x: np.ndarray, batch_size: int):
+    """``fn`` over [N, ...] host rows in chunks of ``batch_size``, the last padded with zero rows to
+    :func:`bucket_size`: a few compiled shapes serve any N, and a batch of one costs one row.
+
+    Returns ``fn``'s pytree of [N, ...] numpy arrays (N = 0: None)."""
+    parts = []
+    for s in chunks(len(x), batch_size):
+        n = s.stop - s.start
+        rows = np.concatenate([x[s], np.zeros((bucket_size(n, batch_size) - n, *x.shape[1:]), x.dtype)])
+        parts.append(jax.tree_util.tree_map(lambda a, n=n: a[:n], jax.device_get(fn(rows))))
+    return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts) if parts else None
+
+
 def prepare(images: Sequence[np.ndarray]) -> tuple[jax.Array, list[Letterbox]]:
     """Letterbox and preprocess images (uint8 RGB [H, W, 3], any sizes) -> ([N, 256, 256, 3] in [-1, 1], letterboxes)."""
     canvases, boxes = zip(*(letterbox(im) for im in images))
-    return preprocess(jnp.stack(canvases)), list(boxes)
+    return preprocess(jnp.asarray(np.stack(canvases))), list(boxes)
 
 
 def run_network(apply: Callable, params, x: jax.Array, *, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """Raw outputs (regressors [N, 896, 16], logits [N, 896, 1]) in fixed-size batches (one compile)."""
     return batched(lambda chunk: _network(apply, params, chunk), x, batch_size)
+
+
+def detect_letterboxed(apply: Callable, params, canvases: np.ndarray, letterboxes: Sequence[Letterbox], *,
+                       min_score: float = MIN_SCORE, iou: float = IOU_THRESHOLD, max_detections: int = MAX_DETECTIONS,
+                       batch_size: int = 16) -> list[list[Detection]]:
+    """Faces in letterboxed canvases [N, 256, 256, 3] (float32 0..255, :func:`letterbox`), in the pixels
+    of each canvas's image, largest first; one compiled call per chunk (:func:`run_bucketed`)."""
+    if len(canvases) == 0:
+        return []
+    kw = dict(min_score=float(min_score), iou_threshold=float(iou), max_detections=int(max_detections))
+    out = run_bucketed(lambda x: _detect_fn(apply, params, preprocess(x), **kw), np.asarray(canvases, np.float32),
+                       batch_size)
+    results = []
+    for i, lb in enumerate(letterboxes):
+        b, k, s, v = (t[i] for t in out)
+        dets = [Detection(box=lb.to_image(b[j].reshape(2, 2)).reshape(4), keypoints=lb.to_image(k[j]), score=float(s[j]))
+                for j in np.flatnonzero(v)]
+        results.append(sorted(dets, key=lambda d: -d.area))
+    return results
 
 
 def detect_many(apply: Callable, params, images: Sequence[np.ndarray], *, min_score: float = MIN_SCORE,
@@ -260,21 +305,14 @@ def detect_many(apply: Callable, params, images: Sequence[np.ndarray], *, min_sc
     """Faces in each image (any size, uint8 RGB [H, W, 3]), largest first.
 
     ``apply(params, x [B, 256, 256, 3] in [-1, 1]) -> (regressors, logits)``
-    (e.g. from ``leam_jax.weights.load_apply("blazeface")``). Batches have a fixed
-    size (the last one padded), so the network compiles once.
+    (e.g. from ``leam_jax.weights.load_apply("blazeface")``). Batches have a few fixed
+    sizes (:func:`run_bucketed`), so the network compiles once per size.
     """
-    results: list[list[Detection]] = []
-    for start in range(0, len(images), batch_size):
-        x, boxes_of = prepare(images[start:start + batch_size])
-        regressors, logits = run_network(apply, params, x, batch_size=batch_size)
-        out = jax.device_get(_postprocess(regressors, logits, min_score=float(min_score), iou_threshold=float(iou),
-                                          max_detections=int(max_detections)))
-        for i, lb in enumerate(boxes_of):
-            b, k, s, v = (np.asarray(t[i]) for t in out)
-            dets = [Detection(box=lb.to_image(b[j].reshape(2, 2)).reshape(4), keypoints=lb.to_image(k[j]), score=float(s[j]))
-                    for j in np.flatnonzero(v)]
-            results.append(sorted(dets, key=lambda d: -d.area))
-    return results
+    if len(images) == 0:
+        return []
+    canvases, boxes = zip(*(letterbox(im) for im in images))
+    return detect_letterboxed(apply, params, np.stack(canvases), boxes, min_score=min_score, iou=iou,
+                              max_detections=max_detections, batch_size=batch_size)
 
 
 def detect(apply: Callable, params, image: np.ndarray, *, min_score: float = MIN_SCORE, iou: float = IOU_THRESHOLD,

@@ -62,23 +62,22 @@ def test_padded_retry_finds_tight_crops_the_detector_missed(faces_dir):
 
 def _bare_pipeline(**kw) -> FacePipeline:
     """A FacePipeline without networks (detection and the mesh are patched in each test)."""
-    pipe = FacePipeline.__new__(FacePipeline)
-    pipe.det_apply = pipe.det_params = None
-    pipe.min_face_px, pipe.min_score, pipe.all_faces = pipeline_mod.MIN_FACE_PX, detection.MIN_SCORE, False
-    pipe.pad_retry = kw.get("pad_retry", True)
-    return pipe
+    return FacePipeline(detector=(None, None), mesh=(None, None), **kw)
 
 
 def _square_detector(calls: list):
-    """A fake detector: the box and centre of the bright square, found only while it fills under 40% of the image."""
-    def detect(apply, params, image, **kw):
-        calls.append(image.shape)
-        ys, xs = np.nonzero(image[..., 0] > 128)
-        box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], float)
-        if (box[2] - box[0]) > 0.4 * max(image.shape[:2]):
-            return []
-        kps = np.tile((box[:2] + box[2:]) / 2, (6, 1))
-        return [detection.Detection(box=box, keypoints=kps, score=0.9)]
+    """A fake ``detection.detect_letterboxed``: the bright square of each letterboxed canvas, found only while it
+    fills under 40% of the (bordered) image's long side; boxes in the bordered image's pixels, as the real one."""
+    def detect(apply, params, canvases, letterboxes, **kw):
+        out = []
+        for canvas, lb in zip(canvases, letterboxes):
+            calls.append(lb.image_size)
+            ys, xs = np.nonzero(canvas[..., 0] > 127.5)
+            box = lb.to_image(np.array([[xs.min(), ys.min()], [xs.max() + 1, ys.max() + 1]], float)).reshape(4)
+            kps = np.tile((box[:2] + box[2:]) / 2, (6, 1))
+            small = (box[2] - box[0]) <= 0.4 * max(lb.image_size)
+            out.append([detection.Detection(box=box, keypoints=kps, score=0.9)] if small else [])
+        return out
     return detect
 
 
@@ -88,39 +87,51 @@ def _square_image() -> np.ndarray:
     return image
 
 
+def _detect(pipe: FacePipeline, image: np.ndarray, path: str):
+    """The pipeline's detection step for one image: its usable faces, or raises its ImageError."""
+    found = pipe._detect_many([image], [path], [detection.letterbox(image)])[0]
+    if isinstance(found, decode.ImageError):
+        raise found
+    return found[0]
+
+
+# Box edges through the letterbox's antialiased resize and back: within a canvas pixel of the true edge.
+EDGE_PX = 1.5
+
+
 def test_padded_retry_maps_boxes_back_to_image_pixels(monkeypatch):
     calls = []
-    monkeypatch.setattr(detection, "detect", _square_detector(calls))
-    found = _bare_pipeline()._detect(_square_image(), "sq.png")
+    monkeypatch.setattr(detection, "detect_letterboxed", _square_detector(calls))
+    found = _detect(_bare_pipeline(), _square_image(), "sq.png")
     k = int(round(pipeline_mod.PAD_RETRY_FRACTION * 120))
-    assert calls == [(90, 120, 3), (90 + 2 * k, 120 + 2 * k, 3)]  # the image, then once padded
-    np.testing.assert_allclose(found[0].box, [30, 10, 100, 80])
-    np.testing.assert_allclose(found[0].keypoints, np.tile([65.0, 45.0], (6, 1)))
+    assert calls == [(120, 90), (120 + 2 * k, 90 + 2 * k)]  # the image, then once with the border
+    np.testing.assert_allclose(found[0].box, [30, 10, 100, 80], atol=EDGE_PX)
+    np.testing.assert_allclose(found[0].keypoints, np.tile([65.0, 45.0], (6, 1)), atol=EDGE_PX)
 
 
 def test_no_retry_when_the_detector_finds_a_face_or_when_switched_off(monkeypatch):
     calls = []
-    monkeypatch.setattr(detection, "detect", _square_detector(calls))
+    monkeypatch.setattr(detection, "detect_letterboxed", _square_detector(calls))
     image = np.zeros((200, 200, 3), np.uint8)
     image[50:100, 60:110] = 255
-    np.testing.assert_allclose(_bare_pipeline()._detect(image, "small.png")[0].box, [60, 50, 110, 100])
+    np.testing.assert_allclose(_detect(_bare_pipeline(), image, "small.png")[0].box, [60, 50, 110, 100], atol=EDGE_PX)
     assert len(calls) == 1
     with pytest.raises(decode.ImageError, match="no face found"):
-        _bare_pipeline(pad_retry=False)._detect(_square_image(), "sq.png")
+        _detect(_bare_pipeline(pad_retry=False), _square_image(), "sq.png")
 
 
 def test_retry_when_every_face_is_too_small(monkeypatch):
     """On a tight crop a box under min_face_px is part of the face: the padded pass may find the whole face."""
     square = _square_detector([])
 
-    def detect(apply, params, image, **kw):
-        found = square(apply, params, image)
-        return found or [detection.Detection(box=np.array([0.0, 0.0, 10.0, 10.0]), keypoints=np.zeros((6, 2)), score=0.6)]
+    def detect(apply, params, canvases, letterboxes, **kw):
+        tiny = detection.Detection(box=np.array([0.0, 0.0, 10.0, 10.0]), keypoints=np.zeros((6, 2)), score=0.6)
+        return [found or [tiny] for found in square(apply, params, canvases, letterboxes)]
 
-    monkeypatch.setattr(detection, "detect", detect)
-    np.testing.assert_allclose(_bare_pipeline()._detect(_square_image(), "sq.png")[0].box, [30, 10, 100, 80])
+    monkeypatch.setattr(detection, "detect_letterboxed", detect)
+    np.testing.assert_allclose(_detect(_bare_pipeline(), _square_image(), "sq.png")[0].box, [30, 10, 100, 80], atol=EDGE_PX)
     with pytest.raises(decode.ImageError, match="face too small"):
-        _bare_pipeline(pad_retry=False)._detect(_square_image(), "sq.png")
+        _detect(_bare_pipeline(pad_retry=False), _square_image(), "sq.png")
 
 
 class _Stop(Exception):
@@ -132,19 +143,16 @@ def test_crop_and_aligned_start_the_mesh_from_the_whole_image(monkeypatch, mode,
     """Pass 1 of the mesh: centred, upright, side = scale x the image (crop) or the image itself (aligned chip)."""
     seen = {}
 
-    def fit_mesh(self, image, box, eyes):
-        seen.update(box=box, eyes=eyes)
+    def mesh_many(self, crops):
+        seen.update(zip(("image", "centre", "side", "angle"), crops[0]))
         raise _Stop
 
-    monkeypatch.setattr(FacePipeline, "_fit_mesh", fit_mesh)
-    monkeypatch.setattr(detection, "detect", lambda *a, **k: pytest.fail("the detector ran"))
+    monkeypatch.setattr(FacePipeline, "_mesh_many", mesh_many)
+    monkeypatch.setattr(detection, "detect_letterboxed", lambda *a, **k: pytest.fail("the detector ran"))
     with pytest.raises(_Stop):
         _bare_pipeline().faces(np.zeros((100, 80, 3), np.uint8), "c.png", **{mode: True})
-    box, eyes = seen["box"], seen["eyes"]
-    np.testing.assert_allclose((box[:2] + box[2:]) / 2, [40, 50])
-    # _fit_mesh's pass 1 crops MESH_CROP_SCALE x the box's longer side
-    assert pipeline_mod.MESH_CROP_SCALE * max(box[2:] - box[:2]) == pytest.approx(side * 100)
-    assert eyes[1, 1] == eyes[0, 1] and eyes[1, 0] > eyes[0, 0]
+    np.testing.assert_allclose(seen["centre"], [40, 50])
+    assert seen["side"] == pytest.approx(side * 100) and seen["angle"] == 0.0
 
 
 def test_crop_and_aligned_are_exclusive():
@@ -152,29 +160,25 @@ def test_crop_and_aligned_are_exclusive():
         _bare_pipeline().faces(np.zeros((100, 100, 3), np.uint8), "c.png", aligned=True, crop=True)
 
 
-@pytest.mark.parametrize("first_score, padded_score, all_faces, kept", [
-    (0.2, 0.9, False, "padded"),  # a doubted mesh: the padded detection's is better
-    (0.2, 0.1, False, "first"),  # the padded one is no better: keep the first
-    (0.8, 0.99, False, "first"),  # a trusted mesh: no retry at all
-    (0.2, 0.9, True, "first"),  # all faces: the padded largest face may be another person
+@pytest.mark.parametrize("first_score, padded_score, all_faces, from_padded, kept", [
+    (0.2, 0.9, False, False, "padded"),  # a doubted mesh: the padded detection's is better
+    (0.2, 0.1, False, False, "first"),  # the padded one is no better: keep the first
+    (0.8, 0.99, False, False, "first"),  # a trusted mesh: no retry at all
+    (0.2, 0.9, True, False, "first"),  # all faces: the padded largest face may be another person
+    (0.2, 0.9, False, True, "first"),  # the face came from the padded retry already: it would be found again
 ])
-def test_a_doubted_mesh_is_refitted_on_the_padded_detection(monkeypatch, first_score, padded_score, all_faces, kept):
+def test_a_doubted_mesh_is_refitted_on_the_padded_detection(monkeypatch, first_score, padded_score, all_faces,
+                                                            from_padded, kept):
     """A detector box on part of a face passes the size check; the mesh network's face probability flags it."""
     first = detection.Detection(box=np.array([40.0, 40.0, 70.0, 70.0]), keypoints=np.zeros((6, 2)), score=0.7)
     whole = detection.Detection(box=np.array([10.0, 10.0, 110.0, 110.0]), keypoints=np.zeros((6, 2)), score=0.9)
-    monkeypatch.setattr(FacePipeline, "_detect", lambda self, image, path: [first])
-    monkeypatch.setattr(FacePipeline, "_detect_padded", lambda self, image: [whole])
+    monkeypatch.setattr(FacePipeline, "_detect_many", lambda self, images, paths, boxed: [([first], from_padded)] * len(images))
+    monkeypatch.setattr(FacePipeline, "_detect_padded_many", lambda self, images: [[whole]] * len(images))
     scores = {30.0: first_score, 100.0: padded_score}
-    monkeypatch.setattr(FacePipeline, "_fit", lambda self, image, d, s: (d, d.box, scores[d.box[2] - d.box[0]]))
-    seen = {}
-
-    def stop(pts5):
-        seen["box"] = pts5
-        raise _Stop
-
-    monkeypatch.setattr(pipeline_mod, "mesh_points5", stop)
-    pipe = _bare_pipeline()
-    pipe.all_faces = all_faces
-    with pytest.raises(_Stop):
-        pipe.faces(np.zeros((120, 120, 3), np.uint8), "p.png")
-    np.testing.assert_allclose(seen["box"], (whole if kept == "padded" else first).box)
+    monkeypatch.setattr(FacePipeline, "_fit_many",
+                        lambda self, jobs: [(d, d.box, scores[d.box[2] - d.box[0]]) for _, d, _ in jobs])
+    seen = []
+    monkeypatch.setattr(FacePipeline, "_align_many", lambda self, photos: seen.extend(photos) or [[] for _ in photos])
+    _bare_pipeline(all_faces=all_faces).faces(np.zeros((120, 120, 3), np.uint8), "p.png")
+    (_, _, fits), = seen
+    np.testing.assert_allclose(fits[0][0].box, (whole if kept == "padded" else first).box)
