@@ -87,7 +87,8 @@ def test_bc_summary_oracle_and_permutation_test():
     maps = np.stack([centres[p] + 0.3 * rng.random((8, 8)) for p in persons])
     maps /= maps.sum(axis=(1, 2), keepdims=True)
 
-    def summary(m, keep=np.ones(len(persons), bool)):
+    def summary(m, keep=None):
+        keep = np.ones(len(persons), bool) if keep is None else keep
         return tables.bc_summary(np.asarray(stats.bc_matrix(jnp.asarray(m, jnp.float32))), persons, keep, seed=0)
 
     r = summary(maps)
