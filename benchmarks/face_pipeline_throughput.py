@@ -6,8 +6,8 @@ On the photos of ../shared/faces/<set> (default wild_small), decode included in 
 
 * ``per_photo``: ``FacePipeline.read`` one photo after another on one thread (the way before batching);
 * ``per_photo_threads``: the same on one thread per core (how the study's loader read photos before);
-* ``batched``: ``FacePipeline.read_many`` (decode and letterbox on host threads, detector, both mesh
-  passes and the parser as batched compiled calls, ``--workers`` batches at a time).
+* ``batched``: ``FacePipeline.read_many`` (decode and letterbox on host threads, detector and parser
+  as batched compiled calls, the mesh passes one crop per call, ``--workers`` batches at a time).
 
 Each is timed ``--repeats`` times after a warm-up run that compiles every batch shape; the median and
 the spread (min-max) are printed. The batched results are checked against the per-photo ones (same

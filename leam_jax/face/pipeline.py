@@ -13,9 +13,9 @@ with the file and the reason.
 
 Batches: ``read_many(paths)`` / ``faces_many(images)`` give each photo's faces or its
 ImageError in input order (a bad photo does not stop the others). Decoding and
-letterboxing run on host threads; BlazeFace with its NMS, each mesh pass and the
-BiSeNet parser run as one compiled call per batch, padded to a power of two
-(``detection.run_bucketed``); the crop warps and the mesh label maps stay on the host
+letterboxing run on host threads; BlazeFace with its NMS and the BiSeNet parser run as
+one compiled call per batch, padded to a power of two (``detection.run_bucketed``); the
+mesh network runs one crop per call, so landmarks never depend on the batch; the crop warps and the mesh label maps stay on the host
 (cv2, whose pixels the results were built on). ``faces``/``read`` are the batch of one,
 with the same results as before batching; batches of other sizes differ only by XLA's
 rounding at that shape (tests/face/test_face_pipeline.py states the tolerance).
@@ -77,7 +77,7 @@ MIN_MESH_SCORE = 0.5
 # pass-2 geometry from the start.
 CROP_MODE_SCALE = 1.5
 
-# Rows per compiled call of the detector, the mesh and the parser (smaller batches padded to a power of two),
+# Rows per compiled call of the detector and the parser (the mesh: one, see _mesh_many) (smaller batches padded to a power of two),
 # on CPU and on accelerators (default_batch_size). On this CPU (2 cores, 1 MiB L2 each) XLA runs each call on
 # one core, and BlazeFace costs 24.5 / 22.4 / 26.5 / 26.5 ms per photo at batch 1 / 2 / 4 / 16, the mesh
 # 3.7 / 2.7 / 2.6 / 3.6 ms (benchmarks/face_pipeline_throughput.py): larger batches fall out of cache, and
@@ -258,8 +258,8 @@ class FacePipeline:
     """Detector + mesh with converted weights; one instance serves a whole sweep.
 
     Photos go through in batches (:meth:`faces_many`, :meth:`read_many`): BlazeFace with its
-    NMS, each mesh pass and the parser run as one compiled call per batch of up to ``batch_size``
-    rows, padded to a power of two so a few shapes serve every batch; letterboxing, the crop warps
+    NMS and the parser run as one compiled call per batch of up to ``batch_size`` rows (the mesh
+    network one crop per call), padded to a power of two so a few shapes serve every batch; letterboxing, the crop warps
     and the label maps run on the host. :meth:`faces` is the batch of one.
 
     ``parser`` chooses the face parser behind ``AlignedFace.labels``: ``"mesh"``
@@ -297,13 +297,16 @@ class FacePipeline:
 
     # -- mesh ------------------------------------------------------------------
     def _mesh_many(self, crops: list[tuple[np.ndarray, np.ndarray, float, float]]) -> list[tuple[np.ndarray, float]]:
-        """Meshes of (image, centre, side, angle) crops, one compiled call per batch: [(mesh [468, 3]
+        """Meshes of (image, centre, side, angle) crops, one compiled call per crop: [(mesh [468, 3]
         in image pixels, the mesh network's face probability)]."""
         size = facemesh.INPUT_SIZE
         maps = [_crop_to_image(center, side, angle, size) for _, center, side, angle in crops]
         pixels = np.stack([_warp(image, m, (size, size)) for (image, *_), m in zip(crops, maps)])
-        mesh, flag = detection.run_bucketed(lambda x: _mesh_net(self.mesh_apply, self.mesh_params, x), pixels,
-                                            self.batch_size)
+        # One crop per call: XLA rounds a batch of several differently (up to 0.01 px on the landmarks of the
+        # built-in sample photos), and those sub-pixel shifts moved the study's Grad-CAM tables. At batch 1
+        # every face gets the landmarks it had before batching, whatever photo or batch it comes in, for
+        # about 1 ms more per crop (3.7 vs 2.7 ms at batch 2).
+        mesh, flag = detection.run_bucketed(lambda x: _mesh_net(self.mesh_apply, self.mesh_params, x), pixels, 1)
         out = []
         for k, ((_, _, side, _), m) in enumerate(zip(crops, maps)):
             pts = mesh[k].astype(np.float64)
