@@ -105,6 +105,7 @@ def host_nms(regressors: np.ndarray, logits: np.ndarray, anchors: np.ndarray, *,
 
 def stages(pipe, paths: list[str], repeats: int) -> dict[str, float]:
     """Median ms per photo of each stage on one thread, every stage over all photos at once."""
+    from leam_jax import batching
     from leam_jax.face import decode, detection, pipeline
 
     per = {}
@@ -131,7 +132,7 @@ def stages(pipe, paths: list[str], repeats: int) -> dict[str, float]:
     nms = jax.jit(detection._nms_all, static_argnames=("min_score", "iou_threshold", "max_detections"))
     dkw = dict(min_score=kw["min_score"], iou_threshold=kw["iou"], max_detections=kw["max_detections"])
     rows = np.concatenate([reg, logits], -1)  # one array, so run_bucketed pads both alike
-    device = lambda: detection.run_bucketed(lambda r: nms(r[..., :-1], r[..., -1:], **dkw), rows, pipe.batch_size)  # noqa: E731
+    device = lambda: batching.run_bucketed(lambda r: nms(r[..., :-1], r[..., -1:], **dkw), rows, pipe.batch_size)  # noqa: E731
     device()
     stage("nms_device", device)
     stage("nms_host", lambda: host_nms(reg, logits, detection.anchors(), **kw))

@@ -1,8 +1,9 @@
 """Fixed-shape batching: every call of a compiled function sees the same batch shape.
 
-The one padding helper of the library (pure JAX): the core's runner, the
-study's per-shard work and the face detector all pad the last batch with
-zero rows and cut the results back, so nothing recompiles for a ragged batch.
+The one padding helper of the library: the core's runner, the study's
+per-shard work and the face pipeline all pad the last batch with zero rows
+and cut the results back, so nothing recompiles for a ragged batch
+(``run_bucketed`` pads host rows to a power of two, so a batch of one costs one row).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def chunks(n: int, batch_size: int) -> Iterator[slice]:
@@ -44,6 +46,24 @@ def batched(fn: Callable, x, batch_size: int):
         out = fn(pad_rows(x[s], batch_size))
         parts.append(jax.tree_util.tree_map(lambda a, k=s.stop - s.start: a[:k], out))
     return jax.device_get(jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *parts))
+
+
+def bucket_size(n: int, batch_size: int) -> int:
+    """The smallest power of two >= ``n``, at most ``batch_size``: the batch shape ``n`` rows are padded to."""
+    return min(batch_size, 1 << max(n - 1, 0).bit_length())
+
+
+def run_bucketed(fn: Callable, x: np.ndarray, batch_size: int):
+    """``fn`` over [N, ...] host rows in chunks of ``batch_size``, the last padded with zero rows to
+    :func:`bucket_size`: a few compiled shapes serve any N, and a batch of one costs one row.
+
+    Returns ``fn``'s pytree of [N, ...] numpy arrays (N = 0: None)."""
+    parts = []
+    for s in chunks(len(x), batch_size):
+        n = s.stop - s.start
+        rows = np.concatenate([x[s], np.zeros((bucket_size(n, batch_size) - n, *x.shape[1:]), x.dtype)])
+        parts.append(jax.tree_util.tree_map(lambda a, n=n: a[:n], jax.device_get(fn(rows))))
+    return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts) if parts else None
 
 
 def batch_mesh(devices=None) -> jax.sharding.Mesh:

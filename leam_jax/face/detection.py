@@ -40,7 +40,7 @@ import numpy as np
 import scipy.sparse
 
 from leam_jax import core
-from leam_jax.batching import batched, chunks
+from leam_jax.batching import batched, run_bucketed
 
 INPUT_SIZE = 256
 NUM_KEYPOINTS = 6
@@ -251,24 +251,6 @@ def _detect_fn(apply, params, x, *, min_score, iou_threshold, max_detections):
     return _nms_all(regressors, logits, min_score=min_score, iou_threshold=iou_threshold, max_detections=max_detections)
 
 
-def bucket_size(n: int, batch_size: int) -> int:
-    """The smallest power of two >= ``n``, at most ``batch_size``: the batch shape ``n`` rows are padded to."""
-    return min(batch_size, 1 << max(n - 1, 0).bit_length())
-
-
-def run_bucketed(fn: Callable, x: np.ndarray, batch_size: int):
-    """``fn`` over [N, ...] host rows in chunks of ``batch_size``, the last padded with zero rows to
-    :func:`bucket_size`: a few compiled shapes serve any N, and a batch of one costs one row.
-
-    Returns ``fn``'s pytree of [N, ...] numpy arrays (N = 0: None)."""
-    parts = []
-    for s in chunks(len(x), batch_size):
-        n = s.stop - s.start
-        rows = np.concatenate([x[s], np.zeros((bucket_size(n, batch_size) - n, *x.shape[1:]), x.dtype)])
-        parts.append(jax.tree_util.tree_map(lambda a, n=n: a[:n], jax.device_get(fn(rows))))
-    return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts) if parts else None
-
-
 def prepare(images: Sequence[np.ndarray]) -> tuple[jax.Array, list[Letterbox]]:
     """Letterbox and preprocess images (uint8 RGB [H, W, 3], any sizes) -> ([N, 256, 256, 3] in [-1, 1], letterboxes)."""
     canvases, boxes = zip(*(letterbox(im) for im in images))
@@ -284,7 +266,7 @@ def detect_letterboxed(apply: Callable, params, canvases: np.ndarray, letterboxe
                        min_score: float = MIN_SCORE, iou: float = IOU_THRESHOLD, max_detections: int = MAX_DETECTIONS,
                        batch_size: int = 16) -> list[list[Detection]]:
     """Faces in letterboxed canvases [N, 256, 256, 3] (float32 0..255, :func:`letterbox`), in the pixels
-    of each canvas's image, largest first; one compiled call per chunk (:func:`run_bucketed`)."""
+    of each canvas's image, largest first; one compiled call per chunk (:func:`leam_jax.batching.run_bucketed`)."""
     if len(canvases) == 0:
         return []
     kw = dict(min_score=float(min_score), iou_threshold=float(iou), max_detections=int(max_detections))
@@ -306,7 +288,7 @@ def detect_many(apply: Callable, params, images: Sequence[np.ndarray], *, min_sc
 
     ``apply(params, x [B, 256, 256, 3] in [-1, 1]) -> (regressors, logits)``
     (e.g. from ``leam_jax.weights.load_apply("blazeface")``). Batches have a few fixed
-    sizes (:func:`run_bucketed`), so the network compiles once per size.
+    sizes (:func:`leam_jax.batching.run_bucketed`), so the network compiles once per size.
     """
     if len(images) == 0:
         return []

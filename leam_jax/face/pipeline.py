@@ -14,7 +14,7 @@ with the file and the reason.
 Batches: ``read_many(paths)`` / ``faces_many(images)`` give each photo's faces or its
 ImageError in input order (a bad photo does not stop the others). Decoding and
 letterboxing run on host threads; BlazeFace with its NMS and the BiSeNet parser run as
-one compiled call per batch, padded to a power of two (``detection.run_bucketed``); the
+one compiled call per batch, padded to a power of two (``batching.run_bucketed``); the
 mesh network runs one crop per call, so landmarks never depend on the batch; the crop warps and the mesh label maps stay on the host
 (cv2, whose pixels the results were built on). ``faces``/``read`` are the batch of one,
 with the same results as before batching; batches of other sizes differ only by XLA's
@@ -43,7 +43,7 @@ import cv2
 import jax
 import numpy as np
 
-from leam_jax import core
+from leam_jax import batching, core
 from leam_jax.batching import chunks
 from leam_jax.face import alignment, decode, detection, parsing, regions
 from leam_jax.models import facemesh
@@ -306,7 +306,7 @@ class FacePipeline:
         # built-in sample photos), and those sub-pixel shifts moved the study's Grad-CAM tables. At batch 1
         # every face gets the landmarks it had before batching, whatever photo or batch it comes in, for
         # about 1 ms more per crop (3.7 vs 2.7 ms at batch 2).
-        mesh, flag = detection.run_bucketed(lambda x: _mesh_net(self.mesh_apply, self.mesh_params, x), pixels, 1)
+        mesh, flag = batching.run_bucketed(lambda x: _mesh_net(self.mesh_apply, self.mesh_params, x), pixels, 1)
         out = []
         for k, ((_, _, side, _), m) in enumerate(zip(crops, maps)):
             pts = mesh[k].astype(np.float64)
@@ -481,7 +481,7 @@ class FacePipeline:
         if self.parser == "bisenet":
             faces = [f for r in out if not isinstance(r, decode.ImageError) for f in r]
             if faces:
-                labels19 = detection.run_bucketed(lambda x: parsing.bisenet_labels(x, self.parser_params),
+                labels19 = batching.run_bucketed(lambda x: parsing.bisenet_labels(x, self.parser_params),
                                                   np.stack([f.frame for f in faces]), self.batch_size)
                 for f, lab in zip(faces, labels19):
                     f.labels19, f.labels = lab, parsing.to_face_classes(lab)

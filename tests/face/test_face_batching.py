@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from leam_jax import batching
 from leam_jax.face import decode, detection
 from leam_jax.face import pipeline as pipeline_mod
 from leam_jax.face.pipeline import FacePipeline
@@ -115,7 +116,7 @@ def test_region_blur_warp_equals_the_whole_image_blur():
 
 
 def test_bucketed_calls_pad_to_a_few_shapes():
-    assert [detection.bucket_size(n, 8) for n in (1, 2, 3, 4, 5, 8, 9)] == [1, 2, 4, 4, 8, 8, 8]
+    assert [batching.bucket_size(n, 8) for n in (1, 2, 3, 4, 5, 8, 9)] == [1, 2, 4, 4, 8, 8, 8]
     traced = []
 
     @jax.jit
@@ -125,7 +126,7 @@ def test_bucketed_calls_pad_to_a_few_shapes():
 
     for n in range(1, 10):
         x = np.arange(n * 3, dtype=np.float32).reshape(n, 3)
-        np.testing.assert_array_equal(detection.run_bucketed(double, x, 4), x * 2)
+        np.testing.assert_array_equal(batching.run_bucketed(double, x, 4), x * 2)
     assert sorted(traced) == [1, 2, 4]  # one compilation per bucket, none per batch
 
 
