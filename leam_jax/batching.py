@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 
 def chunks(n: int, batch_size: int) -> Iterator[slice]:
@@ -53,17 +52,17 @@ def bucket_size(n: int, batch_size: int) -> int:
     return min(batch_size, 1 << max(n - 1, 0).bit_length())
 
 
-def run_bucketed(fn: Callable, x: np.ndarray, batch_size: int):
-    """``fn`` over [N, ...] host rows in chunks of ``batch_size``, the last padded with zero rows to
+def run_bucketed(fn: Callable, x, batch_size: int):
+    """``fn`` over [N, ...] rows in chunks of ``batch_size``, the last padded with zero rows to
     :func:`bucket_size`: a few compiled shapes serve any N, and a batch of one costs one row.
 
-    Returns ``fn``'s pytree of [N, ...] numpy arrays (N = 0: None)."""
+    Returns ``fn``'s pytree of [N, ...] host (numpy) arrays (N = 0: None)."""
     parts = []
     for s in chunks(len(x), batch_size):
         n = s.stop - s.start
-        rows = np.concatenate([x[s], np.zeros((bucket_size(n, batch_size) - n, *x.shape[1:]), x.dtype)])
-        parts.append(jax.tree_util.tree_map(lambda a, n=n: a[:n], jax.device_get(fn(rows))))
-    return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts) if parts else None
+        out = fn(pad_rows(x[s], bucket_size(n, batch_size)))
+        parts.append(jax.tree_util.tree_map(lambda a, n=n: a[:n], out))
+    return jax.device_get(jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *parts)) if parts else None
 
 
 def batch_mesh(devices=None) -> jax.sharding.Mesh:
