@@ -19,9 +19,10 @@ for layer, so converted weights give the TF.js outputs to float precision:
 TF "SAME" padding puts the odd pixel at the end (5x5/2 on 256 pads 1 before,
 2 after; 3x3/2 on 128 pads 0 before, 1 after): ``same_pads``.
 
-Runs of identical stride-1 blocks are applied with one ``lax.scan`` over
-their stacked weights (same parameters, per-block names kept): half the
-compile time and run time of the unrolled network on XLA:CPU.
+The blocks are unrolled, not a ``lax.scan`` over runs of identical blocks:
+on XLA:CPU (jaxlib 0.10) the scan's loop made the network 1.4x slower at
+the face pipeline's batch sizes (BUILD.md, "Face pipeline speed"), for 0.4 s
+less compile time.
 
 Outputs are in anchor order: the 512 anchors of the 16x16 map (row-major over
 cells, 2 anchors per cell), then the 384 of the 8x8 map (6 per cell).
@@ -125,20 +126,6 @@ class BlazeBlock(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         return blaze_block(x, self.dw.kernel[...], self.pw.kernel[...], self.pw.bias[...], stride=self.stride)
 
-    def weights(self) -> tuple[jax.Array, jax.Array, jax.Array]:
-        return self.dw.kernel[...], self.pw.kernel[...], self.pw.bias[...]
-
-
-def _runs() -> list[tuple[int, int]]:
-    """(first, last) block index of each run of identical stride-1 blocks; strided blocks alone."""
-    runs: list[tuple[int, int]] = []
-    for i, spec in enumerate(BLOCKS):
-        if runs and spec[2] == 1 and BLOCKS[runs[-1][1]] == spec and runs[-1][1] not in _TAP_AFTER_BLOCK:
-            runs[-1] = (runs[-1][0], i)
-        else:
-            runs.append((i, i))
-    return runs
-
 
 class BlazeFace(nnx.Module):
     """Flax NNX BlazeFace. ``__call__(images, perturbations=None)`` -> (regressors, logits).
@@ -174,14 +161,10 @@ class BlazeFace(nnx.Module):
             return x + perturbations[name] if perturbations and name in perturbations else x
 
         x = tap("stem", jax.nn.relu(self.stem(images.astype(jnp.float32))))
-        for first, last in _runs():
-            if first == last:  # a block on its own (the strided ones)
-                x = self.blocks[first](x)
-            else:  # identical stride-1 blocks: one lax.scan (compiles the block once, not 7 times)
-                stacked = [jnp.stack(w) for w in zip(*(self.blocks[i].weights() for i in range(first, last + 1)))]
-                x, _ = jax.lax.scan(lambda h, w: (blaze_block(h, *w, stride=1), None), x, stacked)
-            if last in _TAP_AFTER_BLOCK:
-                x = tap(_TAP_AFTER_BLOCK[last], x)
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in _TAP_AFTER_BLOCK:
+                x = tap(_TAP_AFTER_BLOCK[i], x)
         y = tap("s8", jax.nn.relu(self.down8_pw(self.down8_dw(x))))
         b = images.shape[0]
 
