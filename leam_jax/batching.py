@@ -59,10 +59,13 @@ def run_bucketed(fn: Callable, x, batch_size: int):
     Returns ``fn``'s pytree of [N, ...] host (numpy) arrays (N = 0: None)."""
     parts = []
     for s in chunks(len(x), batch_size):
-        n = s.stop - s.start
-        out = fn(pad_rows(x[s], bucket_size(n, batch_size)))
-        parts.append(jax.tree_util.tree_map(lambda a, n=n: a[:n], out))
-    return jax.device_get(jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *parts)) if parts else None
+        n, size = s.stop - s.start, bucket_size(s.stop - s.start, batch_size)
+        # A full bucket goes in as it is and comes back whole: no eager pad, slice or copy (per-photo calls).
+        out = fn(x[s] if n == size else pad_rows(x[s], size))
+        parts.append(out if n == size else jax.tree_util.tree_map(lambda a, n=n: a[:n], out))
+    if len(parts) > 1:
+        parts = [jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *parts)]
+    return jax.device_get(parts[0]) if parts else None
 
 
 def batch_mesh(devices=None) -> jax.sharding.Mesh:

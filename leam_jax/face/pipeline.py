@@ -34,8 +34,10 @@ Measurements behind both: ``benchmarks/tight_crops.py``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -78,14 +80,15 @@ MIN_MESH_SCORE = 0.5
 CROP_MODE_SCALE = 1.5
 
 # Rows per compiled call of the detector and the parser (the mesh: one, see _mesh_many) (smaller batches padded to a power of two),
-# on CPU and on accelerators (default_batch_size). On this CPU (2 cores, 1 MiB L2 each) XLA runs each call on
-# one core, and BlazeFace costs 24.5 / 22.4 / 26.5 / 26.5 ms per photo at batch 1 / 2 / 4 / 16, the mesh
-# 3.7 / 2.7 / 2.6 / 3.6 ms (benchmarks/face_pipeline_throughput.py): larger batches fall out of cache, and
+# on CPU and on accelerators (default_batch_size). On this CPU (2 cores) BlazeFace with its NMS costs 13.6 / 14.1 /
+# 14.7 / 16.2 ms per photo at batch 1 / 2 / 4 / 16 (one thread, median of 3): larger batches fall out of cache, and
 # the cores are used by read_many's concurrent batches instead. Accelerators want large batches (unmeasured).
-CPU_BATCH_SIZE = 2
+CPU_BATCH_SIZE = 1
 ACCELERATOR_BATCH_SIZE = 16
-# Batches read_many works on at once: one batch's host work (decode, warps, label maps) overlaps another's compiled calls.
-WORKERS = 2
+# Batches read_many works on at once: one batch's host work (decode, warps, label maps) overlaps another's compiled
+# calls. wild_small on this CPU at batch 1: 35.3 / 41.4 / 42.2 photos/s with 2 / 3 / 4 workers (side by side,
+# benchmarks/face_pipeline_throughput.py; 4 at batch 2 were no faster). Each worker holds one batch of photos.
+WORKERS = 4
 
 # Face parsers behind AlignedFace.labels (FacePipeline(parser=...)).
 PARSERS = ("mesh", "bisenet")
@@ -164,32 +167,64 @@ def _warp(image: np.ndarray, out_to_in: np.ndarray, size: tuple[int, int], *, an
     """
     out_to_in = np.asarray(out_to_in, np.float64)
     scale = float(np.sqrt(abs(np.linalg.det(out_to_in[:, :2]))))
-    if antialias and scale > 1.5:
-        image = _blur_region(image, out_to_in, size, 0.5 * scale)  # against aliasing when shrinking
-    return cv2.warpAffine(image, out_to_in, size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    if not (antialias and scale > 1.5):
+        return cv2.warpAffine(image, out_to_in, size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    zeros = _zeros_like(image)
+    blurred, region = _blur_region(image, out_to_in, size, 0.5 * scale, out=zeros)  # against aliasing when shrinking
+    try:
+        return cv2.warpAffine(blurred, out_to_in, size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    finally:
+        if zeros is not None:
+            blurred[region] = 0  # the thread's buffer is all zeros again
 
 
-def _blur_region(image: np.ndarray, out_to_in: np.ndarray, size: tuple[int, int], sigma: float) -> np.ndarray:
-    """``image`` Gaussian-blurred where a warp of ``size`` reads it, zeros elsewhere (never read).
+_ZEROS = threading.local()
+_ZEROS_MAX = 4_000_000 * 3  # uint8 values (12 MB) a thread keeps for reuse; larger photos get a fresh array
+
+
+def _zeros_like(image: np.ndarray) -> np.ndarray | None:
+    """An all-zero uint8 array of ``image``'s shape from a buffer the thread reuses, or None (too large).
+
+    A fresh ``np.zeros`` faults in every page the blur writes (a third of the blur's time); the
+    caller zeroes what it wrote before its next call.
+    """
+    if image.dtype != np.uint8 or image.size > _ZEROS_MAX:
+        return None
+    buf = getattr(_ZEROS, "values", None)
+    if buf is None or buf.size < image.size:
+        buf = _ZEROS.values = np.zeros(max(image.size, 1_000_000 * 3), np.uint8)
+    return buf[:image.size].reshape(image.shape)
+
+
+def _blur_region(image: np.ndarray, out_to_in: np.ndarray, size: tuple[int, int], sigma: float,
+                 out: np.ndarray | None = None) -> tuple[np.ndarray, tuple[slice, slice]]:
+    """``image`` Gaussian-blurred where a warp of ``size`` reads it, zeros elsewhere (never read),
+    and that region (rows, columns). ``out``: an all-zero array of ``image``'s shape to write into.
 
     The region is the output's source bounding box (+1 px for bilinear neighbours) plus a margin of
     ceil(4 sigma) + 2 px, wider than cv2's kernel radius (3 sigma for uint8, 4 sigma otherwise),
     clamped to the image: every pixel the warp reads is blurred from the same neighbours as in the
-    whole image, reflected borders falling on the image's own border or in the unread margin. The
-    result keeps the image's size so that the warp keeps its map: with the map translated into the
-    region, cv2 rounded some source coordinates differently (a few pixels one level off in 66 of 280
-    test warps). ``np.zeros`` maps untouched pages lazily: only the region costs time and memory.
+    whole image, reflected borders falling on the image's own border or in the unread margin (cv2
+    blurs a numpy slice as an image of its own). The result keeps the image's size so that the warp
+    keeps its map: with the map translated into the region, cv2 rounded some source coordinates
+    differently (a few pixels one level off in 66 of 280 test warps). ``np.zeros`` maps untouched
+    pages lazily: only the region costs time and memory.
     """
     w, h = size
     corners = np.array([[0.0, 0.0], [w - 1.0, 0.0], [0.0, h - 1.0], [w - 1.0, h - 1.0]]) @ out_to_in[:, :2].T + out_to_in[:, 2]
     margin = int(np.ceil(4 * sigma)) + 2
     x0, y0 = (int(v) for v in np.maximum(np.floor(corners.min(0)) - 1 - margin, 0))
     x1, y1 = (int(v) for v in np.minimum(np.ceil(corners.max(0)) + 2 + margin, [image.shape[1], image.shape[0]]))
-    out = np.zeros(image.shape, image.dtype)
+    out = np.zeros(image.shape, image.dtype) if out is None else out
+    region = (slice(y0, max(y0, y1)), slice(x0, max(x0, x1)))
     if x1 > x0 and y1 > y0:
-        out[y0:y1, x0:x1] = cv2.GaussianBlur(np.ascontiguousarray(image[y0:y1, x0:x1]), (0, 0), sigma)
-    return out
+        src = image[region] if image.flags.c_contiguous else np.ascontiguousarray(image[region])
+        blurred = cv2.GaussianBlur(src, (0, 0), sigma, dst=out[region])
+        if not np.may_share_memory(blurred, out):  # cv2 allocated its own result: copy it in
+            out[region] = blurred
+    return out, region
 
 
 def default_batch_size() -> int:
@@ -216,6 +251,21 @@ def _load(path: str, max_pixels: int, boxed: bool) -> tuple[np.ndarray | decode.
         return e, None
     except Exception as e:  # noqa: BLE001 - a bad file must not stop its batch; the reason is kept
         return decode.ImageError(path, f"could not process ({type(e).__name__}: {e})"), None
+
+
+def _as_leaves(model: tuple) -> tuple[Callable, list]:
+    """``(apply, params)`` -> the same model taking its params as a flat list of arrays.
+
+    A compiled call flattens its arguments in Python on every call: an nnx.State of ~110 arrays
+    takes about 0.15 ms, a list 0.005 (three calls per photo). Same computation, same results.
+    """
+    apply, params = model
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    return functools.partial(_apply_leaves, apply, treedef), leaves
+
+
+def _apply_leaves(apply, treedef, leaves, x):
+    return apply(jax.tree_util.tree_unflatten(treedef, leaves), x)
 
 
 @core.jit(static_argnames=("apply",))
@@ -285,8 +335,8 @@ class FacePipeline:
         self.parser_params = parser_params
         if parser == "bisenet" and parser_params is None:
             self.parser_params = load_apply("bisenet")[1]
-        self.det_apply, self.det_params = detector or load_apply("blazeface")
-        self.mesh_apply, self.mesh_params = mesh or load_apply("facemesh")
+        self.det_apply, self.det_params = _as_leaves(detector or load_apply("blazeface"))
+        self.mesh_apply, self.mesh_params = _as_leaves(mesh or load_apply("facemesh"))
         self.min_face_px = min_face_px
         self.min_score = min_score
         self.all_faces = all_faces

@@ -74,6 +74,23 @@ def test_letterbox_equals_the_reference_resize(shape, border):
                                reference_weights(n_in + 2 * k, n_out).T[:, k:k + n_in], atol=1e-7)
 
 
+def test_letterbox_is_the_same_from_a_reused_cast_buffer():
+    """Large and small photos one after another on one thread (the float32 cast buffer reused)."""
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, shape).astype(np.uint8) for shape in ((900, 700, 3), (50, 80, 3), (700, 900, 3))]
+    first = [detection.letterbox(im)[0] for im in images]
+    for im, canvas in zip(images[::-1], first[::-1]):
+        np.testing.assert_array_equal(detection.letterbox(im)[0], canvas)
+    np.testing.assert_allclose(first[1], reference_letterbox(images[1], 0), atol=LETTERBOX_ATOL)
+
+
+def test_preprocess_on_the_host_equals_the_device_op():
+    """The numpy path gives the very float32 values of the jitted/eager one (XLA's reciprocal multiply)."""
+    x = np.concatenate([np.arange(256, dtype=np.float32),
+                        np.random.default_rng(0).uniform(0, 255, 200_000).astype(np.float32)])
+    np.testing.assert_array_equal(detection.preprocess(x), np.asarray(detection.preprocess(jnp.asarray(x))))
+
+
 @pytest.mark.faces
 def test_letterbox_equals_the_reference_on_the_photos(faces_dir):
     worst = 0.0
@@ -110,6 +127,20 @@ def test_region_blur_warp_equals_the_whole_image_blur():
             np.testing.assert_array_equal(pipeline_mod._warp(image, out_to_in, size), full_blur_warp(image, out_to_in, size))
             cases += 1
     assert cases == 120
+    # the thread's reused blur buffer is all zeros again after every warp (no pixels leak into the next photo)
+    assert not pipeline_mod._ZEROS.values.any()
+
+
+def test_region_blur_into_a_reused_buffer_equals_a_fresh_one():
+    """Photos of other sizes one after another on one thread: each warp as with a fresh zero array."""
+    rng = np.random.default_rng(1)
+    for shape in ((300, 200, 3), (120, 500, 3), (300, 200, 3), (64, 64, 3)):
+        image = rng.integers(0, 256, shape).astype(np.uint8)
+        out_to_in = pipeline_mod._crop_to_image(np.array([shape[1] / 2, shape[0] / 2]), 0.8 * min(shape[:2]), 0.3, 40)
+        np.testing.assert_array_equal(pipeline_mod._warp(image, out_to_in, (40, 40)), full_blur_warp(image, out_to_in, (40, 40)))
+        np.testing.assert_array_equal(pipeline_mod._warp(image[:, ::-1], out_to_in, (40, 40)),
+                                      full_blur_warp(np.ascontiguousarray(image[:, ::-1]), out_to_in, (40, 40)))
+    assert not pipeline_mod._ZEROS.values.any()
 
 
 # --- padded batch shapes ---------------------------------------------------------------------------------
