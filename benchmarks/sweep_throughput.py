@@ -54,7 +54,8 @@ def main() -> None:
     cfg = StudyConfig(weightings=("gradcam",), occlusion_percents=(), occlusion_fills=(), transfer_percent=0.0,
                       batch_size=args.batch, target="identity").compute()
     worker = ModelWorker(weights.load(args.model), template=spec.template, taps=spec.taps, config=cfg, mesh=mesh)
-    loader = Loader(FacePipeline(), [spec.template], threads=args.threads, prefetch=1)
+    pipe = FacePipeline()  # one pipeline for both loaders: a new one compiles its detector and mesh anew
+    loader = Loader(pipe, [spec.template], threads=args.threads, prefetch=1)
     shards = [srcs[i : i + args.batch] for i in range(0, len(srcs), args.batch)]
     seen: list = []
 
@@ -75,7 +76,7 @@ def main() -> None:
         sweep.run_shards(timed, store2, loader.iterate, compute)
         pipeline_s = time.perf_counter() - t
     loader.close()
-    loader2 = Loader(FacePipeline(), [spec.template], threads=args.threads, prefetch=1)
+    loader2 = Loader(pipe, [spec.template], threads=args.threads, prefetch=1)
     faces = seen[n_warm:]
     images_in = sum(len(s) for s in timed)
 
