@@ -277,8 +277,8 @@ def _nms_all(regressors, logits, *, min_score, iou_threshold, max_detections):
 # inside the detector's call they add about 1.5 ms to the network's 11.2. Kept here all the same: one
 # implementation for CPU and accelerator hosts (where the device side wins and no raw [B, 896, 17] outputs
 # cross to the host), and detections unchanged; on this CPU the host side would save ~3% of a photo's CPU.
-# ``x`` is preprocessed outside (eagerly): compiled together, XLA rounds x / 127.5 - 1 differently
-# (1 ulp), which moved boxes by up to 3e-4 px against the detector's results before batching.
+# ``x`` is preprocessed outside (:func:`preprocess`, on the host): compiled together, XLA rounds
+# x / 127.5 - 1 differently (1 ulp), which moved boxes by up to 3e-4 px.
 @core.jit(static_argnames=("apply", "min_score", "iou_threshold", "max_detections"))
 def _detect_fn(apply, params, x, *, min_score, iou_threshold, max_detections):
     regressors, logits = apply(params, x)
