@@ -231,8 +231,8 @@ class ModelWorker:
                                           clean_embeddings=clean)
 
         self._embed = core.jit(embed)
-        self._occlusion = core.jit(occlusion, static_argnames=("fills", "percents"))
-        self._transfer = core.jit(transfer, static_argnames=("fill", "percent"))
+        self._occlusion = core.jit(occlusion, static_argnames=("fills", "percents"), cpu_options=core.FORWARD_CPU_OPTIONS)
+        self._transfer = core.jit(transfer, static_argnames=("fill", "percent"), cpu_options=core.FORWARD_CPU_OPTIONS)
 
     # -- whole sets ----------------------------------------------------------------------
     def embed(self, x: np.ndarray, params=None) -> np.ndarray:

@@ -336,3 +336,14 @@ def test_ragged_batches_do_not_recompile():
         ref = core.leam_maps(apply_fn, params, IMAGES[:n], person_ids=PERSONS[:n], taps=("c1", "c2", "c3"))
         np.testing.assert_allclose(part.overall, ref.overall, atol=1e-6)  # padding changes nothing
     assert runner.trace_count == 1
+
+
+def test_jit_cpu_options_update_the_library_options_for_one_function():
+    merged = core.compiler_options(core.FORWARD_CPU_OPTIONS)
+    if jax.default_backend() == "cpu":
+        assert merged == {**core.CPU_COMPILER_OPTIONS, **core.FORWARD_CPU_OPTIONS}
+    else:
+        assert merged is None
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 9, 9, 3)), jnp.float32)
+    pool = core.jit(lambda t: jnp.max(t, axis=(1, 2)), cpu_options=core.FORWARD_CPU_OPTIONS)
+    np.testing.assert_array_equal(np.asarray(pool(x)), np.asarray(x).max(axis=(1, 2)))  # max: exact either way
