@@ -391,9 +391,15 @@ def _count_dtype(weights: jax.Array) -> jax.Array:
 
 
 def _tie_bounds(sorted_scores: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Each element's tie group ``[left, right)`` in an ascending [M] array."""
-    return (jnp.searchsorted(sorted_scores, sorted_scores, side="left"),
-            jnp.searchsorted(sorted_scores, sorted_scores, side="right"))
+    """Each element's tie group ``[left, right)`` in an ascending [M] array (running max / min of
+    the group starts and ends: 5x faster on CPU than two binary searches)."""
+    k = jnp.arange(sorted_scores.shape[0], dtype=jnp.int32)
+    lo, hi = sorted_scores[:-1], sorted_scores[1:]
+    differs = (hi != lo) & ~(jnp.isnan(hi) & jnp.isnan(lo))  # NaNs (sorted last) tie, as in a binary search
+    start = jnp.concatenate([jnp.ones((1,), bool), differs])
+    end = jnp.concatenate([differs, jnp.ones((1,), bool)])
+    return (jax.lax.cummax(jnp.where(start, k, 0)),
+            jax.lax.cummin(jnp.where(end, k + 1, sorted_scores.shape[0]), reverse=True))
 
 
 def _sorted_auc(positive: jax.Array, weights: jax.Array, left: jax.Array, right: jax.Array) -> jax.Array:
@@ -567,7 +573,88 @@ def _dense_people(person_ids: jax.Array, member: jax.Array) -> tuple[jax.Array, 
     return jnp.zeros_like(dense).at[order].set(dense), num_people
 
 
-@functools.partial(jax.jit, static_argnames=("num_draws", "level", "chunk"))
+# Above this many people the grouped bootstrap's tables (people x person pairs) outgrow the pairs.
+GROUPED_MAX_PEOPLE = 256
+
+
+def _pair_effects(scores, keep, same, a, b, left, right, counts, chunk):
+    """AUC and d of every row of ``counts`` [D, n], pair by pair: O(M) per draw."""
+    def effect(c):  # AUC and d with each person counted c_p times
+        w = jnp.where(keep, _pair_weights(c, a, b), 0)
+        return _sorted_auc(same, w, left, right), cohens_d(scores, same, w)
+
+    rows = counts.shape[0]
+    chunk = min(chunk, rows)
+    num_chunks = -(-rows // chunk)  # chunks of equal size (one compiled body); padded rows give NaN
+    counts = jnp.pad(counts, ((0, num_chunks * chunk - rows), (0, 0))).reshape(num_chunks, chunk, -1)
+    return tuple(x.reshape(-1)[:rows] for x in jax.lax.map(jax.vmap(effect), counts))
+
+
+def _group_moments(scores, member, group, num_groups):
+    """Pair count, mean, centred sum of squares and largest |score| of each group's member pairs."""
+    s = jnp.where(member, scores, 0.0)
+    n = jax.ops.segment_sum(member.astype(jnp.float32), group, num_groups)
+    mean = jax.ops.segment_sum(s, group, num_groups) / jnp.maximum(n, 1.0)
+    m2 = jax.ops.segment_sum(jnp.where(member, (s - mean[group]) ** 2, 0.0), group, num_groups)
+    return n, mean, m2, jnp.maximum(jax.ops.segment_max(jnp.abs(s), group, num_groups), 0.0)
+
+
+def _weighted_side(weights, moments):
+    """Total weight, mean, centred sum of squares and largest |score| of one side under group
+    weights [D, G]: the groups' moments combined exactly (no one-pass cancellation)."""
+    n, mean, m2, big = moments
+    wn = weights * n
+    total = wn.sum(-1)
+    mu = (wn * mean).sum(-1) / jnp.where(total > 0, total, 1.0)
+    ss = (weights * (m2 + n * (mean - mu[:, None]) ** 2)).sum(-1)
+    return total, mu, ss, jnp.max(jnp.where(wn > 0, big, 0.0), axis=-1)
+
+
+def _beaten_table(keep, same, a, left, right, neg_group, num_people, num_groups):
+    """[P, G]: for person p and person pair g, the sum over p's same-person pairs and g's pairs of
+    [same > different] + [same == different] / 2. Built a few people at a time, O(P M)."""
+    pos, neg = keep & same, keep & ~same
+    block = max(1, min(8, num_people, (1 << 22) // max(pos.shape[0], 1)))
+
+    def rows(p0):  # above[j, k]: person p0 + k's same-person pairs above pair j, ties half
+        mine = pos[:, None] & (a[:, None] == p0 + jnp.arange(block)[None, :])
+        cum = jnp.concatenate([jnp.zeros((1, block), jnp.int32), jnp.cumsum(mine, axis=0, dtype=jnp.int32)])
+        above = cum[-1][None, :] - 0.5 * (cum[left] + cum[right]).astype(jnp.float32)
+        return jax.ops.segment_sum(jnp.where(neg[:, None], above, 0.0), neg_group, num_groups).T
+
+    starts = jnp.arange(0, num_people, block)
+    return jax.lax.map(rows, starts).reshape(-1, num_groups)[:num_people]
+
+
+def _grouped_effects(scores, keep, same, a, b, left, right, counts, num_people):
+    """The same AUC and d as :func:`_pair_effects`, from per-group totals. A draw weighs all of a
+    person's same-person pairs by c_p and all pairs of people q, r by c_q c_r, so the moments of
+    each group and one [P, P^2] table of AUC counts are computed once; a draw then costs O(P^3)."""
+    P, G = num_people, num_people * num_people
+    pos, neg = keep & same, keep & ~same
+    pos_group = jnp.where(pos, jnp.minimum(a, P - 1), 0)
+    neg_group = jnp.where(neg, jnp.minimum(a, P - 1) * P + jnp.minimum(b, P - 1), 0)
+    table = _beaten_table(keep, same, a, left, right, neg_group, P, G)
+    pos_moments, neg_moments = _group_moments(scores, pos, pos_group, P), _group_moments(scores, neg, neg_group, G)
+
+    def effect(c):  # [D, P] counts -> AUC, d [D]
+        w_pos, w_neg = c, (c[:, :, None] * c[:, None, :]).reshape(-1, G)
+        n1, m1, ss1, big1 = _weighted_side(w_pos, pos_moments)
+        n0, m0, ss0, big0 = _weighted_side(w_neg, neg_moments)
+        both = (n1 > 0) & (n0 > 0)
+        auc = jnp.where(both, jnp.sum((w_pos @ table) * w_neg, -1) / jnp.where(both, n1 * n0, 1.0), jnp.nan)
+        pooled = jnp.sqrt((ss1 + ss0) / jnp.maximum(n1 + n0 - 2, 1e-30))  # as cohens_d
+        ok = (n1 >= 2) & (n0 >= 2) & (pooled > 8 * jnp.finfo(jnp.float32).eps * jnp.maximum(big1, big0))
+        return auc, jnp.where(ok, (m1 - m0) / jnp.where(ok, pooled, 1.0), jnp.nan)
+
+    rows = counts.shape[0]
+    chunk = min(rows, max(1, (1 << 22) // G))  # draws at once: [chunk, G] weights stay ~16 MB
+    num_chunks = -(-rows // chunk)
+    c = jnp.pad(counts[:, :P].astype(jnp.float32), ((0, num_chunks * chunk - rows), (0, 0)))
+    return tuple(x.reshape(-1)[:rows] for x in jax.lax.map(effect, c.reshape(num_chunks, chunk, P)))
+
+
+@functools.partial(jax.jit, static_argnames=("num_draws", "level", "chunk", "max_people"))
 def person_specificity(
     values: jax.Array,
     person_ids: jax.Array,
@@ -578,17 +665,27 @@ def person_specificity(
     pair_mask: jax.Array | None = None,
     level: float = 0.95,
     chunk: int = 4,
+    max_people: int | None = None,
 ) -> Specificity:
     """AUC and Cohen's d of a pairwise score as a same-person detector, with person-bootstrap intervals.
 
     Pairs are i < j of valid rows (and ``pair_mask[i, j]``, e.g. only pairs within one source set);
     same-person pairs are the positives. Intervals are percentile intervals at ``level`` over
     ``num_draws`` resamples of the people that have at least one counted pair (weights as in
-    :func:`person_bootstrap_weights`; draws with no pair on a side are dropped). The draws run
-    ``chunk`` at a time (memory ~ chunk x M x 24 bytes for M = N(N-1)/2 pairs) and do not depend
-    on ``chunk``. Small chunks keep each draw's passes over the pairs in cache: on a 2-core CPU,
-    466 faces (M = 108k) took 5.4 ms per draw at chunk 50 and 1.5-2.2 at 2-8; 1500 faces 19-23.
-    Compiled once per shape and (static) ``num_draws``, ``level`` and ``chunk``.
+    :func:`person_bootstrap_weights`; draws with no pair on a side are dropped).
+
+    Two exact ways to evaluate the draws (equal to float32 rounding; tests compare them):
+    - pair by pair (default): ``chunk`` draws at a time (memory ~ chunk x M x 24 bytes for
+      M = N(N-1)/2 pairs); the results do not depend on ``chunk``. Small chunks keep each draw's
+      passes over the pairs in cache: on a 2-core CPU, 466 faces (M = 108k) took 5.4 ms per draw
+      at chunk 50 and 1.5-2.2 at 2-8; 1500 faces 19-23.
+    - grouped (``max_people`` given, at least the number of distinct ``person_ids``): per-person
+      and per-person-pair totals, computed once in O(P M), then O(P^3) per draw. For 466 faces of
+      50 people, 1000 draws took 0.09 s instead of 1.0 s. Worth it for many draws over up to a few
+      hundred people (:data:`GROUPED_MAX_PEOPLE`); with more people than ``max_people`` every
+      result is NaN.
+
+    Compiled once per shape and (static) ``num_draws``, ``level``, ``chunk`` and ``max_people``.
 
     Args:
       values: [N, N] pairwise score (e.g. :func:`bc_matrix`), read above the diagonal.
@@ -604,6 +701,8 @@ def person_specificity(
         raise ValueError(f"pair_mask must be [{n}, {n}], got {pair_mask.shape}")
     if not 0 < level < 1 or num_draws < 1 or chunk < 1:
         raise ValueError(f"need 0 < level < 1, num_draws >= 1, chunk >= 1; got {level}, {num_draws}, {chunk}")
+    if max_people is not None and max_people < 1:
+        raise ValueError(f"max_people must be at least 1, got {max_people}")
     valid = jnp.ones((n,), bool) if valid is None else jnp.asarray(valid, bool)
     i, j = jnp.triu_indices(n, 1)
     keep = valid[i] & valid[j]
@@ -618,17 +717,13 @@ def person_specificity(
     same = a == b
     left, right = _tie_bounds(scores)
 
-    def effect(c):  # AUC and d with each person counted c_p times
-        w = jnp.where(keep, _pair_weights(c, a, b), 0)
-        return _sorted_auc(same, w, left, right), cohens_d(scores, same, w)
-
-    # Row 0 counts everyone once (the sample itself: the point estimate), then the draws, in
-    # chunks of equal size (one compiled body); padded rows weigh 0, give NaN and are cut.
+    # Row 0 counts everyone once (the sample itself: the point estimate), then the draws.
     counts = jnp.concatenate([jnp.ones((1, n), jnp.int32), _resample_counts(key, num_people, n, num_draws)])
-    chunk = min(chunk, num_draws + 1)
-    num_chunks = -(-(num_draws + 1) // chunk)
-    counts = jnp.pad(counts, ((0, num_chunks * chunk - num_draws - 1), (0, 0))).reshape(num_chunks, chunk, n)
-    aucs, ds = (x.reshape(-1)[: num_draws + 1] for x in jax.lax.map(jax.vmap(effect), counts))
+    if max_people is None:
+        aucs, ds = _pair_effects(scores, keep, same, a, b, left, right, counts, chunk)
+    else:
+        aucs, ds = _grouped_effects(scores, keep, same, a, b, left, right, counts, min(max_people, n))
+        aucs, ds = (jnp.where(num_people <= max_people, x, jnp.nan) for x in (aucs, ds))
     (auc, aucs), (d, ds) = (aucs[0], aucs[1:]), (ds[0], ds[1:])
     q = jnp.array([(1 - level) / 2, (1 + level) / 2], jnp.float32)
     (auc_low, auc_high), (d_low, d_high) = jnp.nanquantile(aucs, q), jnp.nanquantile(ds, q)

@@ -215,6 +215,29 @@ def test_person_specificity_masks_chunks_seeds_and_outer_jit():
     assert float(other.auc_low) != float(spec.auc_low)
 
 
+def test_person_specificity_grouped_equals_pair_by_pair():
+    # The grouped bootstrap (per-person totals) against the pair-by-pair one: the same draws, so
+    # every field agrees to float32 rounding, with masks, tied scores and a loose people bound.
+    values, ids = specificity_data(seed=2)
+    rng = np.random.default_rng(2)
+    valid = rng.uniform(size=30) > 0.2
+    within = (lambda s: s[:, None] == s[None, :])(rng.integers(0, 2, 30))
+    key = jax.random.PRNGKey(3)
+    fields = ("auc", "d", "mean_same", "mean_diff", "n_same", "n_diff", *INTERVALS)
+    for vals, kw in ((values, {}), (np.round(values, 1), dict(valid=valid, pair_mask=within))):
+        pairs = stats.person_specificity(vals, ids, key=key, num_draws=300, chunk=7, **kw)
+        check_point(pairs, *brute_pairs(vals, ids, kw.get("valid"), kw.get("pair_mask")))
+        for bound in (10, 13):
+            grouped = stats.person_specificity(vals, ids, key=key, num_draws=300, max_people=bound, **kw)
+            for field in fields:
+                assert float(getattr(grouped, field)) == pytest.approx(float(getattr(pairs, field)), abs=2e-6), field
+    # Fewer people than the data hold: NaN, never a statistic over the wrong groups.
+    short = stats.person_specificity(values, ids, key=key, num_draws=300, max_people=9)
+    assert all(np.isnan(float(getattr(short, f))) for f in ("auc", "d", *INTERVALS))
+    with pytest.raises(ValueError, match="max_people"):
+        stats.person_specificity(values, ids, key=key, max_people=0)
+
+
 def test_person_specificity_perfect_separation_and_errors():
     _, ids = specificity_data()
     values = (ids[:, None] == ids[None, :]).astype(np.float32) + 0.01 * np.arange(30)[None, :]
