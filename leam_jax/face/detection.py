@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import threading
 from collections.abc import Callable, Sequence
 
 import cv2
@@ -43,6 +42,7 @@ import scipy.sparse
 
 from leam_jax import core
 from leam_jax.batching import batched, run_bucketed
+from leam_jax.face import scratch
 
 INPUT_SIZE = 256
 NUM_KEYPOINTS = 6
@@ -186,22 +186,12 @@ def letterbox(image: np.ndarray, size: int = INPUT_SIZE, *, border: int = 0) -> 
     return canvas, Letterbox(scale=(nw / wp, nh / hp), offset=(float(ox), float(oy)), image_size=(wp, hp))
 
 
-_CAST_BUFFER = threading.local()
-_CAST_BUFFER_MAX = 4_000_000 * 3  # values (48 MB) a thread keeps for reuse; larger photos get a fresh array
-
-
 def _as_float32(x: np.ndarray) -> np.ndarray:
-    """``x.astype(np.float32)``, for photos up to 4 MP into a buffer each thread reuses.
-
-    A fresh array of a photo's size page-faults on every write (a third of the cast's time); the
-    result is valid until the thread's next call (letterbox reads it once, at once).
-    """
-    if x.size > _CAST_BUFFER_MAX:
+    """``x.astype(np.float32)``, into the thread's reused buffer for photos up to 4 MP
+    (:mod:`~leam_jax.face.scratch`); valid until the thread's next call (letterbox reads it at once)."""
+    out = scratch.array("float32_cast", x.shape, np.float32)
+    if out is None:
         return x.astype(np.float32)
-    buf = getattr(_CAST_BUFFER, "values", None)
-    if buf is None or buf.size < x.size:
-        buf = _CAST_BUFFER.values = np.empty(max(x.size, 1_000_000 * 3), np.float32)
-    out = buf[:x.size].reshape(x.shape)
     np.copyto(out, x)
     return out
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -47,7 +46,7 @@ import numpy as np
 
 from leam_jax import batching, core
 from leam_jax.batching import chunks
-from leam_jax.face import alignment, decode, detection, parsing, regions
+from leam_jax.face import alignment, decode, detection, parsing, regions, scratch
 from leam_jax.models import facemesh
 from leam_jax.weights import load_apply
 
@@ -180,22 +179,15 @@ def _warp(image: np.ndarray, out_to_in: np.ndarray, size: tuple[int, int], *, an
             blurred[region] = 0  # the thread's buffer is all zeros again
 
 
-_ZEROS = threading.local()
-_ZEROS_MAX = 4_000_000 * 3  # uint8 values (12 MB) a thread keeps for reuse; larger photos get a fresh array
+BLUR_CANVAS = "blur_canvas"  # the thread's all-zero uint8 canvas the region blur writes into
 
 
 def _zeros_like(image: np.ndarray) -> np.ndarray | None:
-    """An all-zero uint8 array of ``image``'s shape from a buffer the thread reuses, or None (too large).
-
-    A fresh ``np.zeros`` faults in every page the blur writes (a third of the blur's time); the
-    caller zeroes what it wrote before its next call.
-    """
-    if image.dtype != np.uint8 or image.size > _ZEROS_MAX:
+    """An all-zero uint8 array of ``image``'s shape from the thread's reused canvas, or None (not
+    uint8, or above 4 MP: the blur then maps fresh zeros lazily). The caller zeroes what it wrote."""
+    if image.dtype != np.uint8:
         return None
-    buf = getattr(_ZEROS, "values", None)
-    if buf is None or buf.size < image.size:
-        buf = _ZEROS.values = np.zeros(max(image.size, 1_000_000 * 3), np.uint8)
-    return buf[:image.size].reshape(image.shape)
+    return scratch.array(BLUR_CANVAS, image.shape, np.uint8, zeroed=True)
 
 
 def _blur_region(image: np.ndarray, out_to_in: np.ndarray, size: tuple[int, int], sigma: float,

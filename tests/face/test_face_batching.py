@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from leam_jax import batching
-from leam_jax.face import decode, detection
+from leam_jax.face import decode, detection, scratch
 from leam_jax.face import pipeline as pipeline_mod
 from leam_jax.face.pipeline import FacePipeline
 
@@ -128,7 +128,7 @@ def test_region_blur_warp_equals_the_whole_image_blur():
             cases += 1
     assert cases == 120
     # the thread's reused blur buffer is all zeros again after every warp (no pixels leak into the next photo)
-    assert not pipeline_mod._ZEROS.values.any()
+    assert not scratch.held(pipeline_mod.BLUR_CANVAS).any()
 
 
 def test_region_blur_into_a_reused_buffer_equals_a_fresh_one():
@@ -140,7 +140,7 @@ def test_region_blur_into_a_reused_buffer_equals_a_fresh_one():
         np.testing.assert_array_equal(pipeline_mod._warp(image, out_to_in, (40, 40)), full_blur_warp(image, out_to_in, (40, 40)))
         np.testing.assert_array_equal(pipeline_mod._warp(image[:, ::-1], out_to_in, (40, 40)),
                                       full_blur_warp(np.ascontiguousarray(image[:, ::-1]), out_to_in, (40, 40)))
-    assert not pipeline_mod._ZEROS.values.any()
+    assert not scratch.held(pipeline_mod.BLUR_CANVAS).any()
 
 
 # --- padded batch shapes ---------------------------------------------------------------------------------
