@@ -692,48 +692,58 @@ def person_specificity(
       person_ids: [N] ints.
       key: PRNG key of the bootstrap.
       valid: [N] bool, rows to use (default all).
-      pair_mask: [N, N] bool, pairs to use (default all).
+      pair_mask: [N, N] bool, pairs to use (default all); or [S, N, N]: S scopes of pairs (e.g. all
+        pairs, and only pairs within one source set) from one sort of the scores, every field of the
+        result then [S].
     """
     n = values.shape[0]
     if values.shape != (n, n) or person_ids.shape != (n,):
         raise ValueError(f"need values [N, N] and person_ids [N], got {values.shape} and {person_ids.shape}")
-    if pair_mask is not None and pair_mask.shape != (n, n):
-        raise ValueError(f"pair_mask must be [{n}, {n}], got {pair_mask.shape}")
+    if pair_mask is not None and (pair_mask.ndim not in (2, 3) or pair_mask.shape[-2:] != (n, n)):
+        raise ValueError(f"pair_mask must be [{n}, {n}] or [S, {n}, {n}], got {pair_mask.shape}")
     if not 0 < level < 1 or num_draws < 1 or chunk < 1:
         raise ValueError(f"need 0 < level < 1, num_draws >= 1, chunk >= 1; got {level}, {num_draws}, {chunk}")
     if max_people is not None and max_people < 1:
         raise ValueError(f"max_people must be at least 1, got {max_people}")
     valid = jnp.ones((n,), bool) if valid is None else jnp.asarray(valid, bool)
+    person_ids = jnp.asarray(person_ids)
+    # Sort the pairs once; every scope and draw only reweights them (static shapes: dropped pairs weigh 0).
     i, j = jnp.triu_indices(n, 1)
-    keep = valid[i] & valid[j]
-    if pair_mask is not None:
-        keep = keep & jnp.asarray(pair_mask, bool)[i, j]
-    member = jnp.zeros((n,), jnp.int32).at[i].add(keep).at[j].add(keep) > 0
-    people, num_people = _dense_people(jnp.asarray(person_ids), member)
-    # Sort the pairs once; every draw only reweights them (static shapes: dropped pairs weigh 0).
     scores = jnp.asarray(values, jnp.float32)[i, j]
     order = jnp.argsort(scores)
-    scores, keep, a, b = scores[order], keep[order], people[i][order], people[j][order]
-    same = a == b
+    scores, i, j = scores[order], i[order], j[order]
     left, right = _tie_bounds(scores)
 
-    # Row 0 counts everyone once (the sample itself: the point estimate), then the draws.
-    counts = jnp.concatenate([jnp.ones((1, n), jnp.int32), _resample_counts(key, num_people, n, num_draws)])
-    if max_people is None:
-        aucs, ds = _pair_effects(scores, keep, same, a, b, left, right, counts, chunk)
-    else:
-        aucs, ds = _grouped_effects(scores, keep, same, a, b, left, right, counts, min(max_people, n))
-        aucs, ds = (jnp.where(num_people <= max_people, x, jnp.nan) for x in (aucs, ds))
-    (auc, aucs), (d, ds) = (aucs[0], aucs[1:]), (ds[0], ds[1:])
-    q = jnp.array([(1 - level) / 2, (1 + level) / 2], jnp.float32)
-    (auc_low, auc_high), (d_low, d_high) = jnp.nanquantile(aucs, q), jnp.nanquantile(ds, q)
-    n_same, n_diff = jnp.sum(keep & same), jnp.sum(keep & ~same)
+    def scope(in_scope):  # [M] bool over the sorted pairs
+        keep = valid[i] & valid[j] & in_scope
+        member = jnp.zeros((n,), jnp.int32).at[i].add(keep).at[j].add(keep) > 0
+        people, num_people = _dense_people(person_ids, member)
+        a, b = people[i], people[j]
+        same = a == b
+        # Row 0 counts everyone once (the sample itself: the point estimate), then the draws.
+        counts = jnp.concatenate([jnp.ones((1, n), jnp.int32), _resample_counts(key, num_people, n, num_draws)])
+        if max_people is None:
+            aucs, ds = _pair_effects(scores, keep, same, a, b, left, right, counts, chunk)
+        else:
+            aucs, ds = _grouped_effects(scores, keep, same, a, b, left, right, counts, min(max_people, n))
+            aucs, ds = (jnp.where(num_people <= max_people, x, jnp.nan) for x in (aucs, ds))
+        (auc, aucs), (d, ds) = (aucs[0], aucs[1:]), (ds[0], ds[1:])
+        q = jnp.array([(1 - level) / 2, (1 + level) / 2], jnp.float32)
+        (auc_low, auc_high), (d_low, d_high) = jnp.nanquantile(aucs, q), jnp.nanquantile(ds, q)
+        n_same, n_diff = jnp.sum(keep & same), jnp.sum(keep & ~same)
 
-    def mean(mask, count):
-        return jnp.where(count > 0, jnp.sum(jnp.where(mask, scores, 0.0)) / jnp.maximum(count, 1), jnp.nan)
+        def mean(mask, count):
+            return jnp.where(count > 0, jnp.sum(jnp.where(mask, scores, 0.0)) / jnp.maximum(count, 1), jnp.nan)
 
-    return Specificity(auc, auc_low, auc_high, d, d_low, d_high, mean(keep & same, n_same),
-                       mean(keep & ~same, n_diff), n_same, n_diff)
+        return Specificity(auc, auc_low, auc_high, d, d_low, d_high, mean(keep & same, n_same),
+                           mean(keep & ~same, n_diff), n_same, n_diff)
+
+    if pair_mask is None:
+        return scope(jnp.ones(scores.shape, bool))
+    pair_mask = jnp.asarray(pair_mask, bool)
+    if pair_mask.ndim == 2:
+        return scope(pair_mask[i, j])
+    return jax.vmap(scope)(pair_mask[:, i, j])
 
 
 def _average_ranks(x: jax.Array) -> jax.Array:

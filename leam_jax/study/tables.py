@@ -357,19 +357,23 @@ def _compiled(fn, static: tuple[str, ...]):
 
 
 def specificity(values: np.ndarray, persons: np.ndarray, valid: np.ndarray, seed: int, *, draws: int,
-                pair_mask: np.ndarray | None = None) -> list[float]:
+                pair_masks: Sequence[np.ndarray | None] = (None,)) -> list[list[float]]:
     """AUC of a pairwise matrix as a same-person score with its bootstrap interval over people, Cohen's d
-    with its interval, the same/different means and pair counts (``stats.person_specificity``)."""
+    with its interval, the same/different means and pair counts (``stats.person_specificity``): one row
+    per pair scope (``pair_masks``: [n, n] bool, None for all pairs), all from one sort of the pairs."""
     run = _compiled(stats.person_specificity, ("num_draws", "chunk", "level", "max_people"))
     ids = dense_ids(persons)
     people = int(ids.max(initial=-1)) + 1
     # Many draws over few people: the grouped bootstrap (same statistics, ~10x faster at 1000 draws).
     grouped = draws > 1 and people <= stats.GROUPED_MAX_PEOPLE
-    r = run(jnp.asarray(values), jnp.asarray(ids), key=jax.random.PRNGKey(seed), num_draws=draws,
-            valid=jnp.asarray(valid), pair_mask=None if pair_mask is None else jnp.asarray(pair_mask),
-            max_people=people if grouped else None)
-    return [float(r.auc), float(r.auc_low), float(r.auc_high), float(r.d), float(r.d_low), float(r.d_high),
-            float(r.mean_same), float(r.mean_diff), int(r.n_same), int(r.n_diff)]
+    n = len(ids)
+    masks = np.stack([np.ones((n, n), bool) if m is None else np.asarray(m, bool) for m in pair_masks])
+    r = jax.device_get(run(jnp.asarray(values), jnp.asarray(ids), key=jax.random.PRNGKey(seed), num_draws=draws,
+                           valid=jnp.asarray(valid), pair_mask=jnp.asarray(masks),
+                           max_people=people if grouped else None))
+    return [[float(r.auc[k]), float(r.auc_low[k]), float(r.auc_high[k]), float(r.d[k]), float(r.d_low[k]),
+             float(r.d_high[k]), float(r.mean_same[k]), float(r.mean_diff[k]), int(r.n_same[k]), int(r.n_diff[k])]
+            for k in range(len(masks))]
 
 
 def _sparsity_label(percent: float | None) -> str:
@@ -392,8 +396,9 @@ def _specificity_of(maps: np.ndarray, valid: np.ndarray, col: Collected, rows: n
         bc = bc_of(maps, sp)
         label = _sparsity_label(sp)
         draws = _draws(layer, label)
-        for scope, mask in scopes:
-            r = specificity(bc, col.person[rows], valid, study.seed, draws=max(draws, 1), pair_mask=mask)
+        results = specificity(bc, col.person[rows], valid, study.seed, draws=max(draws, 1),
+                              pair_masks=[mask for _, mask in scopes])
+        for (scope, _), r in zip(scopes, results):
             if not draws:
                 r[1:3] = r[4:6] = [float("nan")] * 2
             out.append([layer, label, scope, *r])

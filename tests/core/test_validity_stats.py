@@ -231,6 +231,16 @@ def test_person_specificity_grouped_equals_pair_by_pair():
             grouped = stats.person_specificity(vals, ids, key=key, num_draws=300, max_people=bound, **kw)
             for field in fields:
                 assert float(getattr(grouped, field)) == pytest.approx(float(getattr(pairs, field)), abs=2e-6), field
+    # Scopes stacked [S, N, N] share one sort of the pairs; each equals its own call, both ways.
+    scopes = np.stack([np.ones((30, 30), bool), within])
+    for bound in (None, 10):
+        stacked = stats.person_specificity(values, ids, key=key, num_draws=300, chunk=7, valid=valid,
+                                           pair_mask=scopes, max_people=bound)
+        for k, mask in enumerate(scopes):
+            alone = stats.person_specificity(values, ids, key=key, num_draws=300, chunk=7, valid=valid,
+                                             pair_mask=mask, max_people=bound)
+            for field in fields:
+                assert float(getattr(stacked, field)[k]) == pytest.approx(float(getattr(alone, field)), abs=1e-6), field
     # Fewer people than the data hold: NaN, never a statistic over the wrong groups.
     short = stats.person_specificity(values, ids, key=key, num_draws=300, max_people=9)
     assert all(np.isnan(float(getattr(short, f))) for f in ("auc", "d", *INTERVALS))
@@ -249,6 +259,8 @@ def test_person_specificity_perfect_separation_and_errors():
         stats.person_specificity(values[:, :5], ids, key=key)
     with pytest.raises(ValueError, match="pair_mask must be"):
         stats.person_specificity(values, ids, key=key, pair_mask=np.ones((3, 3), bool))
+    with pytest.raises(ValueError, match="pair_mask must be"):
+        stats.person_specificity(values, ids, key=key, pair_mask=np.ones((2, 30, 29), bool))
     with pytest.raises(ValueError, match="0 < level < 1"):
         stats.person_specificity(values, ids, key=key, level=95)
 
