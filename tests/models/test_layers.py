@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from leam_jax.models import faceres, layers
 from leam_jax.models.layers import max_pool
 
 
@@ -38,3 +39,45 @@ def test_max_pool_composes_with_jit_vmap_and_grad():
         return jax.jit(jax.vmap(jax.grad(lambda v: jnp.sum(jnp.sin(fn(v, 3, 2))))))(x)
 
     np.testing.assert_allclose(np.asarray(loss(max_pool)), np.asarray(loss(_reference_pool)), rtol=0, atol=1e-5)
+
+
+def _depthwise_derived(x, kernel, stride, padding):
+    """The forward of layers.depthwise_conv2d without its custom backward: JAX derives the gradient."""
+    k = kernel.shape[0]
+    views = layers.shifted_views(x, k, stride, padding)
+    out = views[0] * kernel[0, 0, 0]
+    for n, t in enumerate(views[1:], 1):
+        out = out + t * kernel[n // k, n % k, 0]
+    return out
+
+
+@pytest.mark.parametrize("shape,k,stride,padding", [
+    ((2, 9, 9, 3), 3, 1, "SAME"), ((2, 9, 10, 3), 3, 2, "SAME"), ((2, 10, 10, 3), 3, 2, "SAME"),
+    ((2, 8, 8, 3), 3, 1, ((1, 1), (1, 1))), ((2, 9, 9, 3), 3, 2, "VALID"), ((1, 11, 11, 2), 5, 2, "SAME")])
+def test_depthwise_backward_equals_the_derived_one(shape, k, stride, padding):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(k, k, 1, shape[-1])), jnp.float32)
+    y = layers.depthwise_conv2d(x, kernel, stride=stride, padding=padding)
+    np.testing.assert_array_equal(y, _depthwise_derived(x, kernel, stride, padding))
+    g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+
+    def grads(f, x, kernel, g):
+        return jax.vjp(lambda x, kernel: f(x, kernel, stride=stride, padding=padding), x, kernel)[1](g)
+
+    derived = lambda x, kernel, stride, padding: _depthwise_derived(x, kernel, stride, padding)  # noqa: E731
+    # Op by op, the same sums in the same order: equal to the bit. Compiled, XLA may contract
+    # multiply-adds differently in either version: equal to float32 rounding.
+    for mine, ref in zip(grads(layers.depthwise_conv2d, x, kernel, g), grads(derived, x, kernel, g)):
+        np.testing.assert_array_equal(mine, ref)
+    jitted = jax.jit(grads, static_argnums=0)
+    for mine, ref in zip(jitted(layers.depthwise_conv2d, x, kernel, g), jitted(derived, x, kernel, g)):
+        np.testing.assert_allclose(mine, ref, rtol=0, atol=2e-6 * float(jnp.abs(ref).max()))
+
+
+def test_relu6_derivative_is_the_composed_one_ties_included():
+    x = jnp.array([-1.0, -0.0, 0.0, 1e-30, 3.0, 6.0 - 2**-21, 6.0, 6.0 + 2**-20, 7.0], jnp.float32)
+    composed = lambda x: jnp.maximum(jnp.minimum(jax.nn.relu(x), 6.0), 0.0)  # noqa: E731
+    np.testing.assert_array_equal(faceres.relu6(x), composed(x))
+    for f in (jax.grad(lambda x: jnp.sum(faceres.relu6(x) * 3.0)), jax.jit(jax.grad(lambda x: jnp.sum(faceres.relu6(x) * 3.0)))):
+        np.testing.assert_array_equal(f(x), jax.grad(lambda x: jnp.sum(composed(x) * 3.0))(x))
