@@ -53,8 +53,7 @@ def main() -> None:
     # identity target: the kernel half below explains the same score (population needs the run's gallery)
     cfg = StudyConfig(weightings=("gradcam",), occlusion_percents=(), occlusion_fills=(), transfer_percent=0.0,
                       batch_size=args.batch, target="identity").compute()
-    worker = ModelWorker(weights.load(args.model), template=spec.template, taps=spec.taps, config=cfg, mesh=mesh,
-                         cpu_chunk=spec.cpu_chunk)
+    worker = ModelWorker(weights.load(args.model), template=spec.template, taps=spec.taps, config=cfg, mesh=mesh)
     pipe = FacePipeline()  # one pipeline for both loaders: a new one compiles its detector and mesh anew
     loader = Loader(pipe, [spec.template], threads=args.threads, prefetch=1)
     shards = [srcs[i : i + args.batch] for i in range(0, len(srcs), args.batch)]

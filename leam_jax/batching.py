@@ -47,23 +47,6 @@ def batched(fn: Callable, x, batch_size: int):
     return jax.device_get(jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *parts))
 
 
-def in_chunks(fn: Callable[[jax.Array], jax.Array], size: int) -> Callable[[jax.Array], jax.Array]:
-    """``fn`` over [B, ...] run ``size`` rows at a time in one ``lax.map`` (in one call when ``size``
-    is 0, at least B, or does not divide B). For functions of each row alone (a network's forward
-    pass): the same rows, while on CPU a memory-bound network's activations stay in cache."""
-    if size <= 0:
-        return fn
-
-    def run(x: jax.Array) -> jax.Array:
-        b = x.shape[0]
-        if b <= size or b % size:
-            return fn(x)
-        out = jax.lax.map(fn, x.reshape(b // size, size, *x.shape[1:]))
-        return out.reshape(b, *out.shape[2:])
-
-    return run
-
-
 def bucket_size(n: int, batch_size: int) -> int:
     """The smallest power of two >= ``n``, at most ``batch_size``: the batch shape ``n`` rows are padded to."""
     return min(batch_size, 1 << max(n - 1, 0).bit_length())

@@ -35,11 +35,6 @@ class ModelSpec:
     normalisation: str = ""
     template: str = "arcface112"
     weights_here: bool = True  # False: users convert their own file (--source)
-    # Images per forward pass in the study's forward-only programs on one CPU device (0: the whole
-    # batch). MobileNet-style layers are memory-bound: faceres' forward at batch 32 took 205-225 ms
-    # in chunks of 8 against 245-254 ms at once, the same embeddings to the bit; dlib's was slower
-    # in chunks (87 -> 101 ms), mobileface's the same.
-    cpu_chunk: int = 0
 
 
 REGISTRY: dict[str, ModelSpec] = {
@@ -83,7 +78,6 @@ for _name, _file in (("faceres", "faceres"), ("faceres_deep", "faceres-deep")):
                  "per model.json generatedBy): licence not stated"),
         normalisation="RGB 0..255, none further",
         template="square224",
-        cpu_chunk=8,
     )
 REGISTRY["mobileface"] = ModelSpec(
     name="mobileface",

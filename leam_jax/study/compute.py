@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from leam_jax import core, stats
-from leam_jax.batching import Placement, chunks, in_chunks
+from leam_jax.batching import Placement, chunks
 from leam_jax.face import alignment, regions
 from leam_jax.study import schema
 from leam_jax.study.loader import FaceInput
@@ -189,9 +189,7 @@ class ModelWorker:
     functions, all over fixed ``[batch_size, ...]`` shapes."""
 
     def __init__(self, model, *, template: str, taps: Sequence[str], config: ComputeConfig,
-                 mesh: jax.sharding.Mesh | None = None, cpu_chunk: int = 0):
-        """``cpu_chunk``: on one CPU device, the forward-only programs (occlusion, transfer) embed
-        this many images at a time (``models.ModelSpec.cpu_chunk``; 0: the whole batch)."""
+                 mesh: jax.sharding.Mesh | None = None):
         self.model, self.name, self.template, self.config = model, model.name, template, config
         self.taps = tuple(taps)
         self.place = Placement(config.batch_size, mesh)
@@ -204,16 +202,10 @@ class ModelWorker:
         def embed(params, x):
             return apply(params, x)[0]
 
-        one_cpu = jax.default_backend() == "cpu" and self.place.mesh.devices.size == 1
-        chunk = cpu_chunk if one_cpu else 0
-
-        def embed_forward_only(params):
-            return in_chunks(functools.partial(embed, params), chunk)
-
         def occlusion(params, x, maps, refs, clean, method_keys, random_keys, *, fills, percents):
             # Every occlusion of one batch in one program: maps [M, B, S, S], method_keys
             # [F, M, P] and random_keys [F, P, R] -> ([F, M, P, B], [F, P, B] random means).
-            embed_p = embed_forward_only(params)
+            embed_p = functools.partial(embed, params)
             by_method, by_random = [], []
             for fi, fill in enumerate(fills):
                 masks, keys = [], []
@@ -235,7 +227,7 @@ class ModelWorker:
             # Every source's frame maps [V, B, F, F] -> this model's top-p% masks -> Δcos [V, B].
             masks = jax.vmap(lambda fm: _frame_maps_to_model_masks(fm, model_to_frame, side=x.shape[1],
                                                                    percent=percent))(frame_maps)
-            return stats.occlusion_deltas(embed_forward_only(params), x, masks, refs, fill=fill, keys=keys,
+            return stats.occlusion_deltas(functools.partial(embed, params), x, masks, refs, fill=fill, keys=keys,
                                           clean_embeddings=clean)
 
         self._embed = core.jit(embed)

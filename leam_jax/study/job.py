@@ -104,8 +104,7 @@ def _sweep(config: StudyConfig, specs, taps, sources, shards, store, all_faces: 
     """The embedding pass (gallery targets), this process's missing shards and (process 0) the
     randomisation check; returns how many shards were computed."""
     compute_cfg = config.compute()
-    workers = [ModelWorker(_load(m), template=specs[m].template, taps=taps[m], config=compute_cfg, mesh=mesh,
-                           cpu_chunk=specs[m].cpu_chunk)
+    workers = [ModelWorker(_load(m), template=specs[m].template, taps=taps[m], config=compute_cfg, mesh=mesh)
                for m in config.models]
     from leam_jax.face.pipeline import FacePipeline  # loads the detector and mesh weights
 

@@ -221,19 +221,3 @@ def test_faces_many_keeps_errors_in_place_and_rejects_arrays_without_a_face(synt
     with pytest.raises(ValueError, match="paths"):
         synthetic_pipeline.faces_many([good], ["a.png", "b.png"])
     assert synthetic_pipeline.faces_many([]) == [] and synthetic_pipeline.read_many([]) == []
-
-
-def test_in_chunks_runs_a_row_wise_function_a_few_rows_at_a_time():
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.normal(size=(12, 5, 3)), jnp.float32)
-    calls = []
-
-    def fn(rows):  # row-wise; records the shapes it is traced with
-        calls.append(rows.shape[0])
-        return jnp.tanh(rows).sum(axis=-1) * 2.0
-
-    want = fn(x)
-    for size, traced in ((4, 4), (0, 12), (12, 12), (5, 12), (16, 12)):
-        calls.clear()
-        np.testing.assert_array_equal(jax.jit(batching.in_chunks(fn, size))(x), want)
-        assert calls == [traced], (size, calls)
