@@ -654,6 +654,35 @@ def _grouped_effects(scores, keep, same, a, b, left, right, counts, num_people):
     return tuple(x.reshape(-1)[:rows] for x in jax.lax.map(effect, c.reshape(num_chunks, chunk, P)))
 
 
+def _scope_specificity(scores, i, j, left, right, valid, person_ids, in_scope, key, *, num_draws, level, chunk,
+                       max_people) -> Specificity:
+    """:func:`person_specificity` of one scope: sorted pair scores [M] with their rows ``i``, ``j`` and
+    tie groups, the scope's pairs ``in_scope`` [M]."""
+    n = valid.shape[0]
+    keep = valid[i] & valid[j] & in_scope
+    member = jnp.zeros((n,), jnp.int32).at[i].add(keep).at[j].add(keep) > 0
+    people, num_people = _dense_people(person_ids, member)
+    a, b = people[i], people[j]
+    same = a == b
+    # Row 0 counts everyone once (the sample itself: the point estimate), then the draws.
+    counts = jnp.concatenate([jnp.ones((1, n), jnp.int32), _resample_counts(key, num_people, n, num_draws)])
+    if max_people is None:
+        aucs, ds = _pair_effects(scores, keep, same, a, b, left, right, counts, chunk)
+    else:
+        aucs, ds = _grouped_effects(scores, keep, same, a, b, left, right, counts, min(max_people, n))
+        aucs, ds = (jnp.where(num_people <= max_people, x, jnp.nan) for x in (aucs, ds))
+    (auc, aucs), (d, ds) = (aucs[0], aucs[1:]), (ds[0], ds[1:])
+    q = jnp.array([(1 - level) / 2, (1 + level) / 2], jnp.float32)
+    (auc_low, auc_high), (d_low, d_high) = jnp.nanquantile(aucs, q), jnp.nanquantile(ds, q)
+    n_same, n_diff = jnp.sum(keep & same), jnp.sum(keep & ~same)
+
+    def mean(mask, count):
+        return jnp.where(count > 0, jnp.sum(jnp.where(mask, scores, 0.0)) / jnp.maximum(count, 1), jnp.nan)
+
+    return Specificity(auc, auc_low, auc_high, d, d_low, d_high, mean(keep & same, n_same),
+                       mean(keep & ~same, n_diff), n_same, n_diff)
+
+
 @functools.partial(jax.jit, static_argnames=("num_draws", "level", "chunk", "max_people"))
 def person_specificity(
     values: jax.Array,
@@ -715,28 +744,8 @@ def person_specificity(
     left, right = _tie_bounds(scores)
 
     def scope(in_scope):  # [M] bool over the sorted pairs
-        keep = valid[i] & valid[j] & in_scope
-        member = jnp.zeros((n,), jnp.int32).at[i].add(keep).at[j].add(keep) > 0
-        people, num_people = _dense_people(person_ids, member)
-        a, b = people[i], people[j]
-        same = a == b
-        # Row 0 counts everyone once (the sample itself: the point estimate), then the draws.
-        counts = jnp.concatenate([jnp.ones((1, n), jnp.int32), _resample_counts(key, num_people, n, num_draws)])
-        if max_people is None:
-            aucs, ds = _pair_effects(scores, keep, same, a, b, left, right, counts, chunk)
-        else:
-            aucs, ds = _grouped_effects(scores, keep, same, a, b, left, right, counts, min(max_people, n))
-            aucs, ds = (jnp.where(num_people <= max_people, x, jnp.nan) for x in (aucs, ds))
-        (auc, aucs), (d, ds) = (aucs[0], aucs[1:]), (ds[0], ds[1:])
-        q = jnp.array([(1 - level) / 2, (1 + level) / 2], jnp.float32)
-        (auc_low, auc_high), (d_low, d_high) = jnp.nanquantile(aucs, q), jnp.nanquantile(ds, q)
-        n_same, n_diff = jnp.sum(keep & same), jnp.sum(keep & ~same)
-
-        def mean(mask, count):
-            return jnp.where(count > 0, jnp.sum(jnp.where(mask, scores, 0.0)) / jnp.maximum(count, 1), jnp.nan)
-
-        return Specificity(auc, auc_low, auc_high, d, d_low, d_high, mean(keep & same, n_same),
-                           mean(keep & ~same, n_diff), n_same, n_diff)
+        return _scope_specificity(scores, i, j, left, right, valid, person_ids, in_scope, key,
+                                  num_draws=num_draws, level=level, chunk=chunk, max_people=max_people)
 
     if pair_mask is None:
         return scope(jnp.ones(scores.shape, bool))
