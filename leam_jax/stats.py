@@ -610,10 +610,9 @@ def _weighted_side(weights, moments):
     return total, mu, ss, jnp.max(jnp.where(wn > 0, big, 0.0), axis=-1)
 
 
-def _beaten_table(keep, same, a, left, right, neg_group, num_people, num_groups):
-    """[P, G]: for person p and person pair g, the sum over p's same-person pairs and g's pairs of
-    [same > different] + [same == different] / 2. Built a few people at a time, O(P M)."""
-    pos, neg = keep & same, keep & ~same
+def _beaten_table(pos, neg, a, left, right, neg_group, num_people, num_groups):
+    """[P, G]: for person p and person pair g, the sum over p's same-person pairs (``pos``) and g's
+    pairs (``neg``) of [same > different] + [same == different] / 2. A few people at a time, O(P M)."""
     block = max(1, min(8, num_people, (1 << 22) // max(pos.shape[0], 1)))
 
     def rows(p0):  # above[j, k]: person p0 + k's same-person pairs above pair j, ties half
@@ -634,7 +633,7 @@ def _grouped_effects(scores, keep, same, a, b, left, right, counts, num_people):
     pos, neg = keep & same, keep & ~same
     pos_group = jnp.where(pos, jnp.minimum(a, P - 1), 0)
     neg_group = jnp.where(neg, jnp.minimum(a, P - 1) * P + jnp.minimum(b, P - 1), 0)
-    table = _beaten_table(keep, same, a, left, right, neg_group, P, G)
+    table = _beaten_table(pos, neg, a, left, right, neg_group, P, G)
     pos_moments, neg_moments = _group_moments(scores, pos, pos_group, P), _group_moments(scores, neg, neg_group, G)
 
     def effect(c):  # [D, P] counts -> AUC, d [D]
