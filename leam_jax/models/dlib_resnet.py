@@ -26,7 +26,7 @@ from flax import nnx
 
 from leam_jax.adapters import TapRecorder
 from leam_jax.models.contract import check_images
-from leam_jax.models.layers import Affine, max_pool
+from leam_jax.models.layers import Affine, conv_general_dilated, max_pool
 
 INPUT_SIZE = 150
 EMBEDDING_DIM = 128
@@ -55,9 +55,10 @@ TAPS = ("stem", "stem_pool", *block_names())
 
 
 def _conv(cin: int, cout: int, k: int, stride: int, *, rngs: nnx.Rngs) -> nnx.Conv:
-    # dlib pads k//2 only for stride 1; strided convs take no padding.
+    # dlib pads k//2 only for stride 1; strided convs take no padding (and layers' input gradient).
     pad = k // 2 if stride == 1 else 0
-    return nnx.Conv(cin, cout, (k, k), strides=stride, padding=((pad, pad), (pad, pad)), rngs=rngs)
+    return nnx.Conv(cin, cout, (k, k), strides=stride, padding=((pad, pad), (pad, pad)),
+                    conv_general_dilated=conv_general_dilated, rngs=rngs)
 
 
 def _pool(x: jax.Array, op: str, window: int, stride: int) -> jax.Array:

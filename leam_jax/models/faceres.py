@@ -32,7 +32,7 @@ from flax import nnx
 
 from leam_jax.adapters import TapRecorder
 from leam_jax.models.contract import check_images
-from leam_jax.models.layers import DepthwiseConv
+from leam_jax.models.layers import DepthwiseConv, conv_general_dilated
 
 INPUT_SIZE = 224
 EMBEDDING_DIM = 1024
@@ -90,7 +90,8 @@ class FaceRes(nnx.Module):
     embedding_dim = EMBEDDING_DIM
 
     def __init__(self, *, rngs: nnx.Rngs):
-        self.stem = nnx.Conv(3, STEM_WIDTH, (3, 3), strides=2, padding="SAME", precision=_HIGHEST, rngs=rngs)
+        self.stem = nnx.Conv(3, STEM_WIDTH, (3, 3), strides=2, padding="SAME", precision=_HIGHEST,
+                             conv_general_dilated=conv_general_dilated, rngs=rngs)
         widths = [STEM_WIDTH] + [c for c, _ in BLOCKS]
         self.blocks = nnx.List([SeparableBlock(widths[i], c, s, rngs=rngs) for i, (c, s) in enumerate(BLOCKS)])
 

@@ -177,3 +177,102 @@ def _max_pool_bwd(window, stride, res, g):
 
 
 max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+# Strided convolutions with a hand-written input gradient. XLA:CPU derives it as a convolution over
+# the stride-dilated cotangent, which is slow in two cases measured here (batch 32,
+# benchmarks/conv_backward.py): an image stem (few input channels, so the gradient convolution has
+# 3 output channels: dlib's 7x7/2 stem 74 ms against a 12 ms forward) and a 1x1 output (dlib's last
+# down block, 9.8 ms against 0.6 ms; XLA turns it into a batch-major convolution). Stems go through
+# the stride phases instead: padded input row s*q + r is read only by kernel taps k = s*m + r, so one
+# stride-1 convolution of the cotangent with the taps regrouped by phase gives all s*s phases as
+# channels, interleaved back into pixels. A 1x1 output is one matrix product with the kernel. Other
+# strided convolutions are lax's own (XLA's gradient was as fast or faster).
+STEM_CHANNELS = 8  # at most this many input channels: the gradient goes through the stride phases
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _explicit_pads(x_shape, w_shape, strides, padding) -> tuple[tuple[int, int], ...]:
+    if isinstance(padding, str):
+        return tuple(jax.lax.padtype_to_pads(x_shape[1:3], w_shape[:2], strides, padding))
+    return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+    """``jax.lax.conv_general_dilated`` (the signature ``nnx.Conv`` calls) whose strided NHWC
+    convolutions take the hand-written input gradient above; any other call is lax's own."""
+    # nnx.Conv passes out_sharding (and preferred_element_type when set): only their defaults qualify.
+    dense = feature_group_count == 1 and all(v is None for v in kwargs.values()) and all(
+        d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
+    strides = tuple(int(s) for s in window_strides)
+    nhwc = lhs.ndim == 4 and dimension_numbers is not None and (
+        jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+        == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
+    pads = _explicit_pads(lhs.shape, rhs.shape, strides, padding) if lhs.ndim == 4 else ()
+    special = nhwc and (rhs.shape[2] <= STEM_CHANNELS or _out_size(lhs.shape, rhs.shape, strides, pads) == (1, 1))
+    if not (dense and special and max(strides) > 1 and min(min(p) for p in pads) >= 0):
+        return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                            dimension_numbers, feature_group_count, precision=precision, **kwargs)
+    return _strided_conv(lhs, rhs, strides, pads, precision)
+
+
+def _out_size(x_shape, w_shape, strides, pads) -> tuple[int, int]:
+    return tuple((x_shape[1 + a] + sum(pads[a]) - w_shape[a]) // strides[a] + 1 for a in range(2))
+
+
+def _lax_conv(x, w, strides, pads, precision):
+    return jax.lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_NHWC, precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _strided_conv(x, w, strides, pads, precision):
+    return _lax_conv(x, w, strides, pads, precision)
+
+
+def _strided_conv_fwd(x, w, strides, pads, precision):
+    return _lax_conv(x, w, strides, pads, precision), (x, w)
+
+
+def _strided_conv_bwd(strides, pads, precision, res, g):
+    x, w = res
+    _, pull = jax.vjp(lambda x, w: _lax_conv(x, w, strides, pads, precision), x, w)
+    if g.shape[1:3] == (1, 1):
+        dx = _one_pixel_input_grad(x.shape, w, pads, g, precision)
+    else:
+        dx = _phase_input_grad(x.shape, w, strides, pads, g, precision)
+    return dx, pull(g)[1]
+
+
+_strided_conv.defvjp(_strided_conv_fwd, _strided_conv_bwd)
+
+
+def _one_pixel_input_grad(x_shape, w, pads, g, precision):
+    """A 1x1 output reads one kernel-sized window at the padded input's top left: dx is g times the kernel."""
+    kh, kw, cin, _ = w.shape
+    patch = jnp.einsum("bo,hwio->bhwi", g[:, 0, 0], w, precision=precision)
+    (pt, pb), (pl, pr) = pads
+    h, wd = x_shape[1:3]
+    full = jnp.pad(patch, ((0, 0), (0, h + pt + pb - kh), (0, wd + pl + pr - kw), (0, 0)))
+    return full[:, pt:pt + h, pl:pl + wd]
+
+
+def _phase_input_grad(x_shape, w, strides, pads, g, precision):
+    """The input gradient by stride phases. In one dimension, padded input row u = s*q + r gets
+    sum_m g[q - m] * w[s*m + r] (m < M = ceil(K/s), taps past K are zero): a stride-1 correlation
+    of g, padded by M-1 in front, with the taps of phase r reversed."""
+    (sh, sw), (kh, kw, cin, cout) = strides, w.shape
+    mh, mw = -(-kh // sh), -(-kw // sw)
+    (pt, pb), (pl, pr) = pads
+    h, wd = x_shape[1:3]
+    qh, qw = -(-(h + pt + pb) // sh), -(-(wd + pl + pr) // sw)
+    taps = jnp.pad(w, ((0, mh * sh - kh), (0, mw * sw - kw), (0, 0), (0, 0)))
+    taps = taps.reshape(mh, sh, mw, sw, cin, cout)[::-1, :, ::-1]
+    kernel = taps.transpose(0, 2, 5, 1, 3, 4).reshape(mh, mw, cout, sh * sw * cin)
+    gp = jnp.pad(g, ((0, 0), (mh - 1, max(0, qh - g.shape[1])), (mw - 1, max(0, qw - g.shape[2])), (0, 0)))
+    phases = jax.lax.conv_general_dilated(gp, kernel, (1, 1), "VALID", dimension_numbers=_NHWC,
+                                          precision=precision)[:, :qh, :qw]
+    b = g.shape[0]
+    full = phases.reshape(b, qh, qw, sh, sw, cin).transpose(0, 1, 3, 2, 4, 5).reshape(b, qh * sh, qw * sw, cin)
+    return full[:, pt:pt + h, pl:pl + wd]

@@ -28,7 +28,7 @@ from flax import nnx
 
 from leam_jax.adapters import TapRecorder
 from leam_jax.models.contract import check_images
-from leam_jax.models.layers import DepthwiseConv, prelu
+from leam_jax.models.layers import DepthwiseConv, conv_general_dilated, prelu
 
 INPUT_SIZE = 112
 EMBEDDING_DIM = 256
@@ -86,7 +86,7 @@ class MobileFace(nnx.Module):
 
     def __init__(self, *, rngs: nnx.Rngs):
         self.stem = nnx.Conv(3, STEM_WIDTH, (3, 3), strides=2, padding=_PAD1, use_bias=False,
-                             precision=_HIGHEST, rngs=rngs)
+                             precision=_HIGHEST, conv_general_dilated=conv_general_dilated, rngs=rngs)
         self.stem_gamma = nnx.Param(jnp.full((STEM_WIDTH,), 0.25, jnp.float32))
         widths = (STEM_WIDTH, *STAGES)
         self.stages = nnx.List([Stage(widths[i], widths[i + 1], rngs=rngs) for i in range(len(STAGES))])
