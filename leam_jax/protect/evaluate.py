@@ -51,7 +51,8 @@ class Embedder:
         self.name, self.template, self.batch_size = model.name, template, batch_size
         self.params = model.params
         apply = model.apply
-        self._fn = core.jit(lambda params, x: core.l2_normalize(apply(params, x)[0]))
+        self._fn = core.jit(lambda params, x: core.l2_normalize(apply(params, x)[0]),
+                            cpu_options=core.FORWARD_CPU_OPTIONS)
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:
         """[N, S, S, 3] uint8 -> [N, D] unit embeddings (float32)."""

@@ -230,7 +230,8 @@ class ModelWorker:
             return stats.occlusion_deltas(functools.partial(embed, params), x, masks, refs, fill=fill, keys=keys,
                                           clean_embeddings=clean)
 
-        self._embed = core.jit(embed)
+        self._embed = core.jit(embed, cpu_options=core.FORWARD_CPU_OPTIONS)  # the occlusion's forward, so Δcos is
+        # a difference of two embeddings from the same compiled arithmetic
         self._occlusion = core.jit(occlusion, static_argnames=("fills", "percents"), cpu_options=core.FORWARD_CPU_OPTIONS)
         self._transfer = core.jit(transfer, static_argnames=("fill", "percent"), cpu_options=core.FORWARD_CPU_OPTIONS)
 
