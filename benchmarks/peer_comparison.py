@@ -12,7 +12,8 @@ the same seeded batch of 150x150 RGB images in [0, 255] with the identity score
 leam_throughput.py) at all 16 taps, Grad-CAM weighting, float32. Rows:
 
   ours_leam              core.leam_maps, all taps (jitted): one forward, one backward, maps, resize, overall;
-  ours_fwd, ours_fwd_bwd our forward alone; forward + backward to the input pixels;
+  ours_fwd, ours_fwd_bwd our forward alone (compiled as the study's forward passes); forward + backward to the
+                         input pixels;
   torch_fwd              the PyTorch forward alone (inference_mode);
   torch_onepass          hand-written: one forward keeping the 16 tap activations, one autograd.grad
                          for all of them, Grad-CAM maps, bilinear resize, normalise, overall map;
@@ -286,7 +287,7 @@ def our_fns(m, refs):
     apply, taps = m.apply, m.taps
     score = lambda e: core.identity_score(e, refs)
     leam = core.jit(lambda p, x: core.leam_maps(apply, p, x, target="identity", references=refs, taps=taps))
-    fwd = core.jit(lambda p, x: apply(p, x)[0])
+    fwd = core.jit(lambda p, x: apply(p, x)[0], cpu_options=core.FORWARD_CPU_OPTIONS)  # as the study's forwards
     fwd_bwd = core.jit(lambda p, x: jax.grad(lambda x: jnp.sum(score(apply(p, x)[0])))(x))
 
     def raw(p, x):
