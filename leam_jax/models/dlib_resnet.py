@@ -55,7 +55,8 @@ TAPS = ("stem", "stem_pool", *block_names())
 
 
 def _conv(cin: int, cout: int, k: int, stride: int, *, rngs: nnx.Rngs) -> nnx.Conv:
-    # dlib pads k//2 only for stride 1; strided convs take no padding (and layers' input gradient).
+    # dlib pads k//2 only for stride 1; strided convs take no padding. layers.conv_general_dilated is
+    # lax's, with a hand-written input gradient for the stem and the last down block (1x1 output).
     pad = k // 2 if stride == 1 else 0
     return nnx.Conv(cin, cout, (k, k), strides=stride, padding=((pad, pad), (pad, pad)),
                     conv_general_dilated=conv_general_dilated, rngs=rngs)

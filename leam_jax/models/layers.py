@@ -182,8 +182,8 @@ max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 # Strided convolutions with a hand-written input gradient. XLA:CPU derives it as a convolution over
 # the stride-dilated cotangent, which is slow in two cases measured here (batch 32,
 # benchmarks/conv_backward.py): an image stem (few input channels, so the gradient convolution has
-# 3 output channels: dlib's 7x7/2 stem 74 ms against a 12 ms forward) and a 1x1 output (dlib's last
-# down block, 9.8 ms against 0.6 ms; XLA turns it into a batch-major convolution). Stems go through
+# 3 output channels: dlib's 7x7/2 stem 75 ms against a 12 ms forward) and a 1x1 output (dlib's last
+# down block, 9.1 ms against 0.6 ms; XLA turns it into a batch-major convolution). Stems go through
 # the stride phases instead: padded input row s*q + r is read only by kernel taps k = s*m + r, so one
 # stride-1 convolution of the cotangent with the taps regrouped by phase gives all s*s phases as
 # channels, interleaved back into pixels. A 1x1 output is one matrix product with the kernel. Other
