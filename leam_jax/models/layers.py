@@ -44,14 +44,17 @@ def same_pads(size: int, k: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def _pads(h: int, w: int, k: int, stride: int, padding: Padding) -> tuple[tuple[int, int], tuple[int, int]]:
-    """((top, bottom), (left, right)) of a k x k window over [H, W] for ``padding``."""
+def _pads(h: int, w: int, k, stride, padding: Padding) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((top, bottom), (left, right)) of a k x k window (or (kh, kw)) at ``stride`` (or (sh, sw)) over
+    [H, W] for ``padding``: SAME (as lax's), VALID or explicit pairs."""
+    (kh, kw), (sh, sw) = (k, k) if isinstance(k, int) else k, (stride, stride) if isinstance(stride, int) else stride
     if padding == "SAME":
-        return same_pads(h, k, stride), same_pads(w, k, stride)
+        return same_pads(h, kh, sh), same_pads(w, kw, sw)
     if padding == "VALID":
         return (0, 0), (0, 0)
-    if isinstance(padding, tuple) and len(padding) == 2:
-        return padding
+    if not isinstance(padding, str) and len(padding) == 2:
+        (pt, pb), (pl, pr) = padding
+        return (int(pt), int(pb)), (int(pl), int(pr))
     raise ValueError(f"padding {padding!r}: SAME, VALID or ((top, bottom), (left, right))")
 
 
@@ -193,16 +196,14 @@ STEM_CHANNELS = 8  # at most this many input channels: the gradient goes through
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
-def _explicit_pads(x_shape, w_shape, strides, padding) -> tuple[tuple[int, int], ...]:
-    if isinstance(padding, str):
-        return tuple(jax.lax.padtype_to_pads(x_shape[1:3], w_shape[:2], strides, padding))
-    return tuple((int(lo), int(hi)) for lo, hi in padding)
-
-
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
     """``jax.lax.conv_general_dilated`` (the signature ``nnx.Conv`` calls) whose strided NHWC
     convolutions take the hand-written input gradient above; any other call is lax's own."""
+    def lax_own():
+        return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                            dimension_numbers, feature_group_count, precision=precision, **kwargs)
+
     # nnx.Conv passes out_sharding (and preferred_element_type when set): only their defaults qualify.
     dense = feature_group_count == 1 and all(v is None for v in kwargs.values()) and all(
         d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
@@ -210,11 +211,13 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     nhwc = lhs.ndim == 4 and dimension_numbers is not None and (
         jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
         == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
-    pads = _explicit_pads(lhs.shape, rhs.shape, strides, padding) if lhs.ndim == 4 else ()
-    special = nhwc and (rhs.shape[2] <= STEM_CHANNELS or _out_size(lhs.shape, rhs.shape, strides, pads) == (1, 1))
-    if not (dense and special and max(strides) > 1 and min(min(p) for p in pads) >= 0):
-        return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                            dimension_numbers, feature_group_count, precision=precision, **kwargs)
+    known = padding in ("SAME", "VALID") or not isinstance(padding, str)  # other strings: lax's own
+    if not (dense and nhwc and known and max(strides) > 1):
+        return lax_own()
+    pads = _pads(*lhs.shape[1:3], rhs.shape[:2], strides, padding)
+    special = rhs.shape[2] <= STEM_CHANNELS or _out_size(lhs.shape, rhs.shape, strides, pads) == (1, 1)
+    if not special or min(min(p) for p in pads) < 0:
+        return lax_own()
     return _strided_conv(lhs, rhs, strides, pads, precision)
 
 
@@ -237,12 +240,12 @@ def _strided_conv_fwd(x, w, strides, pads, precision):
 
 def _strided_conv_bwd(strides, pads, precision, res, g):
     x, w = res
-    _, pull = jax.vjp(lambda x, w: _lax_conv(x, w, strides, pads, precision), x, w)
+    _, pull_w = jax.vjp(lambda w: _lax_conv(x, w, strides, pads, precision), w)  # the kernel's: XLA's own
     if g.shape[1:3] == (1, 1):
         dx = _one_pixel_input_grad(x.shape, w, pads, g, precision)
     else:
         dx = _phase_input_grad(x.shape, w, strides, pads, g, precision)
-    return dx, pull(g)[1]
+    return dx, pull_w(g)[0]
 
 
 _strided_conv.defvjp(_strided_conv_fwd, _strided_conv_bwd)
