@@ -233,12 +233,21 @@ def model_scores(
 
 
 def dodging_loss(models: Sequence[SourceModel], photos: jax.Array, affines: Sequence[jax.Array],
-                 references: Sequence[jax.Array], *, weights: jax.Array | None = None, **kwargs) -> jax.Array:
+                 references: Sequence[jax.Array], *, weights: jax.Array | None = None,
+                 floors: jax.Array | None = None, **kwargs) -> jax.Array:
     """The ensemble's score to lower: the sum over source models of :func:`model_scores`, each times its
-    ``weights`` entry ([M], data; default 1; a member of weight 0 is skipped). -> [B]."""
+    ``weights`` entry ([M], data; default 1; a member of weight 0 is skipped). -> [B].
+
+    ``floors`` ([M] or [B, M], data; default none): a member's score counts as ``max(score, floor)``. A
+    member already at or below its floor has no gradient, so the steps go to the members not yet there
+    (a hinge, as the confidence margin of Carlini and Wagner's loss).
+    """
+    scores = model_scores(models, photos, affines, references,
+                          active=None if weights is None else weights != 0, **kwargs)
+    if floors is not None:
+        scores = jnp.maximum(scores, jnp.asarray(floors, scores.dtype))
     if weights is None:
-        return jnp.sum(model_scores(models, photos, affines, references, **kwargs), axis=1)
-    scores = model_scores(models, photos, affines, references, active=weights != 0, **kwargs)
+        return jnp.sum(scores, axis=1)
     return jnp.sum(scores * weights.astype(scores.dtype), axis=1)
 
 
@@ -255,7 +264,8 @@ class ProtectionResult:
 
     Attributes:
       delta: [B, H, W, 3] float perturbation; 0 outside the mask, ``|δ| <= ε``, ``photo + δ`` in 0..255.
-      losses: [B, T] the ensemble loss of the iterate each step started from (the mean over its EOT views).
+      losses: [B, T] the ensemble loss (floors applied) of the iterate each step started from (the mean
+        over its EOT views).
       scores_before: [B, M] each model's score of the clean photo (no random view).
       scores_after: [B, M] each model's score of ``photo + δ`` (no random view).
       iterates: [B, T + 1, H, W, 3] every iterate from 0 to ``delta`` (``keep_iterates``), else None.
@@ -287,7 +297,7 @@ def _bounds(photos: jax.Array, masks: jax.Array, epsilon: jax.Array) -> Callable
 
 
 def _protect(models, photos, masks, affines, references, galleries, person_ids, valid, epsilon, step_size, key,
-             weights, *, steps, optimizer, eot, eot_config, score, temperature, keep_iterates):
+             weights, floors, *, steps, optimizer, eot, eot_config, score, temperature, keep_iterates):
     photos = _float(photos)
     inside = jnp.asarray(masks) > 0.5
     project = _bounds(photos, inside, epsilon)
@@ -295,7 +305,8 @@ def _protect(models, photos, masks, affines, references, galleries, person_ids, 
                   temperature=temperature)
 
     def total(delta, view_key):
-        per = dodging_loss(models, photos + delta, affines, references, view_key=view_key, weights=weights, **common)
+        per = dodging_loss(models, photos + delta, affines, references, view_key=view_key, weights=weights,
+                           floors=floors, **common)
         return jnp.sum(jnp.where(valid, per, 0.0)), per
 
     grad_fn = jax.value_and_grad(total, has_aux=True)
@@ -388,6 +399,18 @@ def _weights(weights, m: int) -> jax.Array:
     return w
 
 
+def _floors(floors, b: int, m: int) -> jax.Array:
+    """[B, M] float32 score floors from None (none: -inf), a scalar, [M] or [B, M]."""
+    if floors is None:
+        return jnp.full((b, m), -jnp.inf, jnp.float32)
+    f = jnp.asarray(floors, jnp.float32)
+    if f.ndim > 2 or (f.ndim >= 1 and f.shape[-1] not in (1, m)) or (f.ndim == 2 and f.shape[0] not in (1, b)):
+        raise ValueError(f"floors must be a scalar, [M={m}] or [B={b}, M], got shape {f.shape}")
+    if not isinstance(f, jax.core.Tracer) and bool(jnp.any(jnp.isnan(f))):
+        raise ValueError("floors must not be NaN (-inf: no floor)")
+    return jnp.broadcast_to(f, (b, m))
+
+
 def default_step_size(epsilon, steps: int):
     """``2.5 ε / steps`` (see :data:`STEP_SIZE_FACTOR`)."""
     return STEP_SIZE_FACTOR * jnp.asarray(epsilon, jnp.float32) / steps
@@ -413,6 +436,7 @@ def protect(
     temperature: float = core.DEFAULT_TEMPERATURE,
     keep_iterates: bool = False,
     weights=None,
+    floors=None,
 ) -> ProtectionResult:
     """Optimise a masked, ε-bounded perturbation of each photo that lowers the person's score (jit-compiled).
 
@@ -434,6 +458,7 @@ def protect(
       keep_iterates: also return every iterate (memory: T + 1 photos per image).
       weights: [M] the members' weights in the loss (data: default all 1; 0 leaves a member out, its
         passes skipped: one compiled program serves every sub-ensemble); ``scores_*`` report every member.
+      floors: the members' score floors (:func:`dodging_loss`), scalar, [M] or [B, M] (data; default none).
 
     Returns:
       :class:`ProtectionResult`.
@@ -448,7 +473,8 @@ def protect(
     step_size = default_step_size(epsilon, steps) if step_size is None else _per_image(step_size, b, "step_size")
     key = jax.random.PRNGKey(0) if key is None else key
     return _protect_jit(models, photos, masks, affines, references, galleries, person_ids, jnp.ones((b,), bool),
-                        epsilon, step_size, key, _weights(weights, len(models)), steps=steps, optimizer=optimizer, eot=eot, eot_config=eot_config,
+                        epsilon, step_size, key, _weights(weights, len(models)), _floors(floors, b, len(models)),
+                        steps=steps, optimizer=optimizer, eot=eot, eot_config=eot_config,
                         score=score, temperature=float(temperature), keep_iterates=keep_iterates)
 
 
@@ -532,6 +558,7 @@ class ProtectionRunner:
         galleries: Sequence[jax.Array] | None = None,
         person_ids: jax.Array | None = None,
         weights=None,
+        floors=None,
     ) -> ProtectionResult:
         """Protect up to ``batch_size`` photos (arguments as :func:`protect`); results cut to their count."""
         photos = _float(photos)
@@ -547,5 +574,6 @@ class ProtectionRunner:
         out = self._fn(models, put(photos), put(masks), tuple(put(a) for a in affines),
                        tuple(put(r) for r in references), None if galleries is None else self.placement.replicate(galleries),
                        put(person_ids), self.placement.valid(n), put(epsilon), put(step_size),
-                       self.placement.replicate(key), self.placement.replicate(_weights(weights, len(models))))
+                       self.placement.replicate(key), self.placement.replicate(_weights(weights, len(models))),
+                       put(_floors(floors, n, len(models))))
         return out if n == self.batch_size else jax.tree_util.tree_map(lambda a: a[:n], out)

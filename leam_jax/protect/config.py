@@ -11,6 +11,12 @@ from leam_jax.protect.photos import MASK_KINDS
 from leam_jax.study.config import DEFAULT_MODELS, SWEEP_TARGETS, _opt
 
 TRANSFORMS = ("jpeg90", "jpeg75", "resize0.5", "blur1", "redetect")
+# The leam masks' weighting. A mask is a use by occlusion, so it takes the weighting whose top pixels
+# beat random pixels most under occlusion in the study's validity table (full ../shared/faces,
+# leam_over_random_1: layercam 4.3 / 5.2 / 2.9 / 1.5x on the four default models, gradxact 4.2 / 4.9 /
+# 2.4 / 1.8x, gradcam 1.1 / 1.5 / 0.7 / 0.2x), not the maps' default (gradcam, chosen for person
+# specificity). BUILD.md, Decisions, Protection: the protection measured with each.
+MASK_WEIGHTING = "layercam"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,15 +32,22 @@ class ProtectConfig:
                                        "analysis frame's footprint in the photo).", flag="percent")
     epsilons: tuple[float, ...] = _opt((4.0, 8.0, 16.0), "L_inf budgets on the 0..255 scale.", flag="epsilon")
     masks: tuple[str, ...] = _opt(MASK_KINDS, f"Mask kinds protected with the whole ensemble, any of {list(MASK_KINDS)}. "
-                                  "leam (the source models' mean LEAM map, the study's default target and weighting) "
+                                  "leam (the source models' mean LEAM map: --target, --weighting) "
                                   "is the product; the others are baselines at the same pixel count.")
     transfer_masks: tuple[str, ...] = _opt(MASK_KINDS, "Mask kinds for the leave-one-model-out transfer (each source "
                                            "model left out in turn, measured on it); empty: no transfer.")
     target: str = _opt(core.DEFAULT_TARGET, "Target of the LEAM maps behind the leam masks (as the study's "
                        "--target).", choices=SWEEP_TARGETS)
-    weighting: str = _opt(core.DEFAULT_WEIGHTING, "Layer weighting of the LEAM maps behind the leam masks.",
+    weighting: str = _opt(MASK_WEIGHTING, "Layer weighting of the LEAM maps behind the leam masks (default: the "
+                          "one whose top pixels beat random pixels most under occlusion in the study).",
                           choices=core.WEIGHTINGS)
     steps: int = _opt(protection.DEFAULT_STEPS, "Optimisation steps.")
+    floor: bool = _opt(False, "Each source model stops pulling once it is fooled with a margin (its score "
+                       "--floor_margin impostor spreads below its threshold at FAR 1e-2, fitted on the clean photos): "
+                       "the steps go to the models not yet fooled, and fooled photos change less. Off (the default): "
+                       "every model is pushed as far as the budget allows, for transfer to unseen models.")
+    floor_margin: float = _opt(1.0, "The floor's margin below the threshold, in standard deviations of the "
+                               "model's clean impostor cosines.")
     optimizer: str = _opt("pgd", "pgd (signed gradient) or adam (optax).", choices=protection.OPTIMIZERS)
     eot: int = _opt(0, "Random views (shift, scale, blur, down-up resize) averaged per step; 0: none.")
     robust_percent: float = _opt(10.0, "The budget whose robustness (JPEG, resize, blur, re-detection) and "
@@ -84,6 +97,8 @@ class ProtectConfig:
         for name in ("steps", "batch_size", "shard_size", "max_image_pixels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.floor_margin < float("inf"):
+            raise ValueError(f"--floor_margin must be finite and >= 0, got {self.floor_margin}")
         for name in ("eot", "max_protected_per_person", "max_protected_people", "max_people", "max_images_per_person", "loader_threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name} must be at least 0, got {getattr(self, name)}")

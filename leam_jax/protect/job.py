@@ -112,6 +112,11 @@ class Protector:
         # (dlib) count as much in the sum as models with a wide range.
         self.scale = np.array([1.0 / evaluate.impostor_spread(clean.emb[m], clean.persons) for m in cfg.source_models],
                               np.float32)
+        # A member fooled with a margin stops pulling (dodging_loss's floors): below the lowest fitted
+        # threshold (FAR 1e-2) by floor_margin impostor spreads, so that quantisation and mild processing
+        # keep it fooled, while the steps go to the members not yet fooled.
+        lowest = np.array([min(evaluate.thresholds(clean.emb[m], clean.persons).values()) for m in cfg.source_models])
+        self.floors = (lowest - cfg.floor_margin / self.scale).astype(np.float32) if cfg.floor else None
         self.embedders = {m: evaluate.Embedder(models[m], self.templates[m]) for m in cfg.eval_models}
         self.variants = variants(cfg)
         self._runners: dict[int, protection.ProtectionRunner] = {}
@@ -193,6 +198,7 @@ class Protector:
             runner, t0 = self.runner(side), time.perf_counter()
             traces = runner.trace_count
             res = runner(regions, masks, affines, refs, epsilon=v.epsilon, weights=np.where(member, self.scale, 0.0),
+                         floors=self.floors,
                          key=compute._key(cfg.seed, shard_key, v.key, idx[0]))
             q = np.asarray(protection.quantise(regions, res.delta, masks=masks, epsilon=v.epsilon))
             # seconds per photo of a compiled call (a call that compiled is not a measure of speed)

@@ -76,6 +76,7 @@ def write(out: Path, cfg: ProtectConfig, summary: dict) -> Path:
                            and r["percent"] in (f"{cfg.robust_percent:g}", "100")], out / "figures" / "transfer.png")
     cols = ["mask", "model", "role", "percent", "epsilon", "photos", "success_far1e-2", "success_far1e-3", "dcos",
             "psnr_min", "ssim_min", "seconds_per_photo"]
+    floors = f", floors {cfg.floor_margin:g} impostor spreads below FAR 1e-2" if cfg.floor else ""
     ci = {c: (c + "_low", c + "_high") for c in ("success_far1e-2", "success_far1e-3", "dcos")}
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -91,8 +92,10 @@ def write(out: Path, cfg: ProtectConfig, summary: dict) -> Path:
         "bootstrap.</p>",
         html.section("Run", f"<p>{summary['protected']} photos of {summary['people_protected']} people protected "
                      f"({summary['photos']} clean photos); {summary['failures']} failures (failures.csv); "
-                     f"{html.esc(cfg.steps)} {html.esc(cfg.optimizer)} steps, EOT {html.esc(cfg.eot)}; "
-                     f"source models {html.esc(', '.join(cfg.source_models))}; {summary['seconds']:.0f} s.</p>"),
+                     f"{html.esc(cfg.steps)} {html.esc(cfg.optimizer)} steps, EOT {html.esc(cfg.eot)}"
+                     f"{floors}; "
+                     f"source models {html.esc(', '.join(cfg.source_models))}; LEAM masks from {html.esc(cfg.target)} / "
+                     f"{html.esc(cfg.weighting)} maps; {summary['seconds']:.0f} s.</p>"),
         html.section(f"Whole ensemble at p = {cfg.robust_percent:g}%, ε = {cfg.robust_epsilon:g}",
                      _rows_table(head_rows, cols, ci)),
     ]

@@ -300,6 +300,34 @@ def test_member_weights_scale_the_sum_and_a_zero_weight_leaves_the_member_out(so
         runner(PHOTOS, MASKS, AFFINES, refs, epsilon=EPS, weights=[0.0, 0.0])
 
 
+def test_floors_clip_each_member_and_a_member_at_its_floor_stops_pulling(sources, runs):
+    """dodging_loss with floors = sum of max(member score, floor); a member below its floor adds no gradient,
+    so the run equals the run without that member; no floors = floors of -inf; one program for all."""
+    models, refs = sources
+    scores = np.asarray(pr.model_scores(models, PHOTOS, AFFINES, refs))
+    floors = np.stack([np.median(scores, axis=0), np.full(2, -np.inf)])[[0, 1, 0, 1]]  # [B, M], per photo
+    loss = pr.dodging_loss(models, PHOTOS, AFFINES, refs, floors=jnp.asarray(floors, jnp.float32))
+    np.testing.assert_allclose(loss, np.maximum(scores, floors).sum(1), rtol=1e-6)
+
+    out_of_reach = jnp.array([2.0, -jnp.inf])  # cosines are <= 1: the first member is always below it
+    grad = jax.jit(jax.grad(lambda x, f: jnp.sum(pr.dodging_loss(models, x, AFFINES, refs, floors=f))))
+    alone = jax.jit(jax.grad(lambda x: jnp.sum(pr.dodging_loss(models[1:], x, AFFINES[1:], refs[1:]))))(PHOTOS)
+    np.testing.assert_allclose(grad(PHOTOS, out_of_reach), alone, rtol=1e-6, atol=1e-9)
+
+    runner = pr.ProtectionRunner(models, batch_size=B, steps=10, optimizer="pgd")
+    floored = runner(PHOTOS, MASKS, AFFINES, refs, epsilon=EPS, floors=out_of_reach)
+    second_only = runner(PHOTOS, MASKS, AFFINES, refs, epsilon=EPS, weights=[0.0, 1.0])
+    none = runner(PHOTOS, MASKS, AFFINES, refs, epsilon=EPS, floors=-jnp.inf)
+    assert runner.trace_count == 1
+    np.testing.assert_array_equal(floored.delta, second_only.delta)
+    np.testing.assert_array_equal(none.delta, runs["pgd"].delta)  # -inf: the plain sum, as without floors
+    assert not np.array_equal(floored.delta, none.delta)
+    with pytest.raises(ValueError, match="floors"):
+        runner(PHOTOS, MASKS, AFFINES, refs, epsilon=EPS, floors=[0.5, 0.5, 0.5])
+    with pytest.raises(ValueError, match="NaN"):
+        pr.protect(models, PHOTOS, MASKS, AFFINES, refs, epsilon=EPS, steps=2, floors=[np.nan, 0.0])
+
+
 def test_bad_inputs_raise(sources):
     models, refs = sources
     call = lambda **kw: pr.protect(**{**dict(models=models, photos=PHOTOS, masks=MASKS, affines=AFFINES,

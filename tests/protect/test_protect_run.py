@@ -26,7 +26,8 @@ def run(faces_dir, tmp_path_factory):
     cfg = ProtectConfig(manifest=str(manifest), output_dir=tmp / "out", source_models=("mobileface",),
                         eval_models=("mobileface",), percents=(10.0,), epsilons=(EPS,), steps=4,
                         masks=("leam", "full"), transfer_masks=(), max_protected_per_person=2,
-                        shard_size=3, batch_size=2, loader_threads=1, stop_after_shards=1)
+                        shard_size=3, batch_size=2, loader_threads=1, stop_after_shards=1,
+                        floor=True)  # the floors' wiring (the default, no floors, is the core's plain sum)
     stopped = job.run(cfg, log=lambda m: None)
     first = {p.name: p.stat().st_mtime_ns for p in (tmp / "out" / "shards").glob("0*.npz")}
     import dataclasses
@@ -77,6 +78,11 @@ def test_tables_measure_every_variant_and_the_mask_and_budget_hold(run):
     assert {r["pairs"] for r in pairs} == {"2"}  # two people, two protected photos each
     summary = json.loads((run["out"] / "summary.json").read_text())
     assert summary["white_box"][0]["mask"] == "leam" and (run["out"] / "report.html").is_file()
+    # the report names the map behind the masks (the default: the study's target, the mask weighting)
+    cfg = run["cfg"]
+    assert (cfg.target, cfg.weighting) == ("population", "layercam")
+    report = (run["out"] / "report.html").read_text()
+    assert "LEAM masks from population / layercam maps" in report and "floors 1 impostor spreads" in report
 
 
 @pytest.mark.parametrize("change, message", [
@@ -86,6 +92,7 @@ def test_tables_measure_every_variant_and_the_mask_and_budget_hold(run):
     (dict(transfer_masks=("nope",)), "unknown mask kind"),
     (dict(robust_percent=7.0), "robust_percent"),
     (dict(steps=0), "--steps"),
+    (dict(floor_margin=-1.0), "--floor_margin"),
     (dict(source_models=("not_a_model",)), "unknown model"),
 ])
 def test_bad_settings_fail_before_any_work(tmp_path, change, message):
